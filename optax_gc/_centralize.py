@@ -1,0 +1,195 @@
+"""The gradient centralization transformation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ._layouts import (
+    Layout,
+    ReductionAxes,
+    check_layout,
+    is_axes_spec,
+    is_centralizable,
+    is_void,
+    layout_axes,
+    match_leaves,
+    normalize_axes,
+)
+
+
+def centralize_leaf(g: Any, axes: int | Sequence[int] | None, *, path: str = "") -> Any:
+    """Subtracts from ``g`` its mean over ``axes`` (one mean per other index).
+
+    Leaves that GC must not touch (non-float, rank 0, zero-size, ``axes`` of
+    ``None``) come back as they are. Half-precision means are taken in float32
+    and the result is cast back to ``g``'s dtype.
+    """
+    if axes is None or not hasattr(g, "shape"):
+        return g
+    # Check the axes even on leaves left alone, so a typo cannot hide there.
+    axes = normalize_axes(axes, tuple(g.shape), path or "<array>")
+    if not is_centralizable(g):
+        return g
+    # Half-precision sums lose the mean; accumulate those in float32.
+    acc = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype
+    mean = jnp.mean(g, axis=axes, keepdims=True, dtype=acc)
+    return (g.astype(acc) - mean).astype(g.dtype)
+
+
+def _centralize_tree(
+    updates: optax.Updates,
+    reduction_axes: ReductionAxes | None,
+    *,
+    layout: Layout,
+    conv_only: bool,
+) -> optax.Updates:
+    keystr = jax.tree_util.keystr
+    flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_void)
+    ranks = [len(getattr(g, "shape", ())) for _, g in flat]
+    if reduction_axes is None:
+        axes = [layout_axes(r, layout=layout, conv_only=conv_only) for r in ranks]
+    else:
+        spec = reduction_axes(updates) if callable(reduction_axes) else reduction_axes
+        entries = match_leaves(spec, flat, name="reduction_axes", is_leaf=is_axes_spec)
+        axes = []
+        for (path, g), (entry, a), rank in zip(flat, entries, ranks, strict=True):
+            if a is not None and entry is not None and entry != path and not is_void(g):
+                raise ValueError(
+                    f"reduction_axes gives the axes {a} to {keystr(entry)}, which "
+                    "is a subtree of the params, not one array. Give each array "
+                    "its own axes, or None to leave a whole subtree alone."
+                )
+            axes.append(None if conv_only and rank <= 3 else a)
+    return jax.tree.unflatten(
+        treedef,
+        [
+            centralize_leaf(g, a, path=keystr(p))
+            for (p, g), a in zip(flat, axes, strict=True)
+        ],
+    )
+
+
+def centralize(
+    *,
+    conv_only: bool = False,
+    layout: Layout = "channels_last",
+    reduction_axes: ReductionAxes | None = None,
+    mask: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Gradient Centralization: removes each output unit's mean gradient.
+
+    Every kernel gradient is a set of weight vectors, one per output unit.
+    Gradient Centralization (GC) subtracts from each its mean over the fan-in
+    axes, :math:`g_i \leftarrow g_i - \frac{1}{M} \sum_j g_{ij}`: an
+    orthogonal projection per output unit. Put it ahead of an optimizer to
+    centralize the gradient (the paper's recipe) or after one to centralize
+    the step.
+
+    Which axes are fan-in:
+
+    * ``reduction_axes=None`` (default): the ``layout`` rule. With
+      ``"channels_last"`` (Flax linen/nnx, Haiku, Keras: Dense ``(in, out)``,
+      Conv ``(kh, kw, in, out)``) every leaf of rank >= 2 is averaged over all
+      axes but the last. With ``"channels_first"`` (PyTorch, Equinox) over all
+      axes but the first, exactly as :func:`optax.centralize`. Leaves of rank
+      0 and 1 (biases, norm scales) pass through.
+    * ``reduction_axes`` given: it decides every leaf and ``layout`` is not
+      consulted (it is still validated). Use it for kernels no single-axis
+      rule fits, e.g. Flax attention kernels ``(in, heads, head_dim)`` whose
+      fan-in is axis 0 alone. :func:`optax_gc.default_reduction_axes` gives
+      the layout rule's tree as a starting point.
+    * ``conv_only=True`` then keeps only leaves of rank > 3 (conv kernels),
+      the paper's GCC variant, whichever of the two chose the axes.
+    * ``mask`` then restricts GC to the leaves it marks ``True``, exactly as
+      :func:`optax.masked` does (it is implemented with it).
+
+    Integer, bool and ``float0`` leaves, ``None``, :class:`optax.MaskedNode`,
+    Python scalars and zero-size arrays always pass through untouched.
+    bfloat16/float16 gradients are averaged in float32 and returned in their
+    own dtype. The transform is stateless and pure; it runs under
+    :func:`jax.jit`, :func:`jax.vmap` and :func:`jax.shard_map`. Under ``jit``
+    with sharded params, a kernel sharded along a fan-in axis is reduced in
+    place: only the per-output means cross devices. Inside ``shard_map`` it
+    sees the local blocks, so there shard kernels along output axes only.
+
+    Args:
+      conv_only: only centralize leaves of rank > 3 (conv kernels; the
+        paper's GCC). Flax ``Conv1D`` kernels are rank 3 and are excluded.
+      layout: ``"channels_last"`` or ``"channels_first"``: which axis of a
+        kernel holds the output units when ``reduction_axes`` is ``None``.
+      reduction_axes: a tree like the params (or a prefix of it) whose leaves
+        are a tuple of axes (negative axes allowed) or ``None`` (leave that
+        leaf, or that whole subtree, alone); or a callable that builds such a
+        tree from the updates, which have the params' structure and shapes.
+        A tuple of ints is always read as axes, never as a subtree.
+      mask: a tree of bools like the params (or a prefix of it), or a
+        callable that builds one; only ``True`` leaves are centralized.
+
+    Returns:
+      A stateless :class:`optax.GradientTransformationExtraArgs` (extra
+      keyword arguments to ``update`` are accepted and ignored).
+
+    Raises:
+      ValueError: for an unknown ``layout`` (at construction); for a
+        reduction axis out of range, an empty or repeated axes tuple, or a
+        ``reduction_axes``/``mask`` tree that does not match the params (at
+        ``update``, naming the leaf's key path and shape).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import optax_gc
+      >>> grads = {"kernel": jnp.array([[1.0, 2.0], [3.0, 6.0]]),  # (in, out)
+      ...          "bias": jnp.array([1.0, 1.0])}
+      >>> gc = optax_gc.centralize()
+      >>> updates, _ = gc.update(grads, gc.init(grads))
+      >>> updates["kernel"]  # each column (output unit) now sums to zero
+      Array([[-1., -2.],
+             [ 1.,  2.]], dtype=float32)
+      >>> updates["bias"]  # rank 1: untouched
+      Array([1., 1.], dtype=float32)
+      >>> tx = optax.chain(optax_gc.centralize(), optax.adam(1e-3))
+
+    References:
+      Yong, Huang, Hua and Zhang, `Gradient Centralization: A New Optimization
+      Technique for Deep Neural Networks <https://arxiv.org/abs/2004.01461>`_,
+      ECCV 2020.
+    """
+    check_layout(layout)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.EmptyState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, optax.EmptyState]:
+        del params, extra_args
+        updates = _centralize_tree(
+            updates, reduction_axes, layout=layout, conv_only=conv_only
+        )
+        return updates, state
+
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    if mask is None:
+        return tx
+    return optax.masked(tx, _checked_mask(mask))
+
+
+def _checked_mask(mask: Any) -> Any:
+    """Wraps a mask to check it fits the updates before optax.masked uses it.
+
+    A mismatch then gets an error naming the key path, not a bare tree-map one.
+    """
+
+    def build(tree: Any) -> Any:
+        mask_tree = mask(tree) if callable(mask) else mask
+        flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_void)[0]
+        match_leaves(mask_tree, flat, name="mask", is_leaf=lambda x: x is None)
+        return mask_tree
+
+    return build
