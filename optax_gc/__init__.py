@@ -3,17 +3,11 @@
 import importlib.metadata
 
 from ._centralize import centralize as centralize
-from ._layouts import Axes as Axes
-from ._layouts import Layout as Layout
-from ._layouts import ReductionAxes as ReductionAxes
 from ._layouts import default_reduction_axes as default_reduction_axes
 
 __version__ = importlib.metadata.version("optax-gc")
 
 __all__ = [
-    "Axes",
-    "Layout",
-    "ReductionAxes",
     "centralize",
     "default_reduction_axes",
 ]

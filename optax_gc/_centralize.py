@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -10,35 +11,62 @@ import jax.numpy as jnp
 import optax
 
 from ._layouts import (
+    Axes,
     Layout,
     ReductionAxes,
     check_layout,
     is_axes_spec,
+    is_boxed_in,
     is_centralizable,
     is_void,
+    keyname,
     layout_axes,
     match_leaves,
     normalize_axes,
 )
 
 
-def centralize_leaf(g: Any, axes: int | Sequence[int] | None, *, path: str = "") -> Any:
+def centralize_leaf(g: Any, axes: Axes, *, path: str = "<array>") -> Any:
     """Subtracts from ``g`` its mean over ``axes`` (one mean per other index).
 
     Leaves that GC must not touch (non-float, rank 0, zero-size, ``axes`` of
     ``None``) come back as they are. Half-precision means are taken in float32
     and the result is cast back to ``g``'s dtype.
     """
-    if axes is None or not hasattr(g, "shape"):
+    if axes is None or not is_centralizable(g):
         return g
-    # Check the axes even on leaves left alone, so a typo cannot hide there.
-    axes = normalize_axes(axes, tuple(g.shape), path or "<array>")
-    if not is_centralizable(g):
-        return g
+    axes = normalize_axes(axes, tuple(g.shape), path)
     # Half-precision sums lose the mean; accumulate those in float32.
     acc = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype
     mean = jnp.mean(g, axis=axes, keepdims=True, dtype=acc)
     return (g.astype(acc) - mean).astype(g.dtype)
+
+
+def _leaf_axes(
+    flat: list[tuple[tuple, Any]],
+    reduction_axes: ReductionAxes,
+    updates: optax.Updates,
+) -> list[Axes]:
+    """Each leaf's axes from the user's spec, checked against its shape."""
+    spec = reduction_axes(updates) if callable(reduction_axes) else reduction_axes
+    entries = match_leaves(spec, flat, name="reduction_axes", is_leaf=is_axes_spec)
+    pairs = list(zip(flat, entries, strict=True))
+    arrays_under = Counter(e for (_, g), (e, _) in pairs if not is_void(g))
+    axes: list[Axes] = []
+    for (path, g), (entry, a) in pairs:
+        if a is None or entry is None or not hasattr(g, "shape"):
+            axes.append(None)
+            continue
+        if arrays_under[entry] > 1 or not is_boxed_in(entry, path):
+            raise ValueError(
+                f"reduction_axes gives the axes {a} to {keyname(entry)}, which "
+                "is a subtree of the params, not one array. Give each array "
+                "its own axes, or None to leave a whole subtree alone."
+            )
+        # Checked on every leaf, even one GC then leaves alone (an integer
+        # leaf, or a low-rank one under conv_only), so a typo cannot hide.
+        axes.append(normalize_axes(a, tuple(g.shape), keyname(path)))
+    return axes
 
 
 def _centralize_tree(
@@ -48,27 +76,20 @@ def _centralize_tree(
     layout: Layout,
     conv_only: bool,
 ) -> optax.Updates:
-    keystr = jax.tree_util.keystr
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_void)
     ranks = [len(getattr(g, "shape", ())) for _, g in flat]
     if reduction_axes is None:
         axes = [layout_axes(r, layout=layout, conv_only=conv_only) for r in ranks]
     else:
-        spec = reduction_axes(updates) if callable(reduction_axes) else reduction_axes
-        entries = match_leaves(spec, flat, name="reduction_axes", is_leaf=is_axes_spec)
-        axes = []
-        for (path, g), (entry, a), rank in zip(flat, entries, ranks, strict=True):
-            if a is not None and entry is not None and entry != path and not is_void(g):
-                raise ValueError(
-                    f"reduction_axes gives the axes {a} to {keystr(entry)}, which "
-                    "is a subtree of the params, not one array. Give each array "
-                    "its own axes, or None to leave a whole subtree alone."
-                )
-            axes.append(None if conv_only and rank <= 3 else a)
+        axes = _leaf_axes(flat, reduction_axes, updates)
+        axes = [
+            None if conv_only and r <= 3 else a
+            for a, r in zip(axes, ranks, strict=True)
+        ]
     return jax.tree.unflatten(
         treedef,
         [
-            centralize_leaf(g, a, path=keystr(p))
+            centralize_leaf(g, a, path=keyname(p))
             for (p, g), a in zip(flat, axes, strict=True)
         ],
     )
@@ -123,22 +144,30 @@ def centralize(
       layout: ``"channels_last"`` or ``"channels_first"``: which axis of a
         kernel holds the output units when ``reduction_axes`` is ``None``.
       reduction_axes: a tree like the params (or a prefix of it) whose leaves
-        are a tuple of axes (negative axes allowed) or ``None`` (leave that
-        leaf, or that whole subtree, alone); or a callable that builds such a
-        tree from the updates, which have the params' structure and shapes.
-        A tuple of ints is always read as axes, never as a subtree.
+        are a tuple of axes (an int is one axis; negative axes allowed) or
+        ``None`` (leave that leaf, or that whole subtree, alone); or a
+        callable that builds such a tree from the updates, which have the
+        params' structure and shapes (masked-out leaves arrive as
+        :class:`optax.MaskedNode`). A tuple of numbers is always read as
+        axes, never as a subtree. The tree is matched to the updates by key
+        path, so a plain dict fits an ``nnx.State`` with the same keys, and
+        an ``nnx.Variable`` box (``.value``) on either side is seen through.
+        Axes must be static Python ints.
       mask: a tree of bools like the params (or a prefix of it), or a
         callable that builds one; only ``True`` leaves are centralized.
+        Matched by key path like ``reduction_axes``.
 
     Returns:
       A stateless :class:`optax.GradientTransformationExtraArgs` (extra
       keyword arguments to ``update`` are accepted and ignored).
 
     Raises:
-      ValueError: for an unknown ``layout`` (at construction); for a
-        reduction axis out of range, an empty or repeated axes tuple, or a
-        ``reduction_axes``/``mask`` tree that does not match the params (at
-        ``update``, naming the leaf's key path and shape).
+      ValueError: for an unknown ``layout`` (at construction); at
+        ``update`` (naming the leaf's key path and shape): for axes that are
+        not ints, out of range, empty or repeated, axes given to a whole
+        subtree, and a ``reduction_axes``/``mask`` tree that does not match
+        the params. Axes are checked on every leaf they name, including
+        those GC then leaves alone (integer leaves, ``conv_only``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -162,6 +191,10 @@ def centralize(
     """
     check_layout(layout)
 
+    def init_fn(params: optax.Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
     def update_fn(
         updates: optax.Updates,
         state: optax.EmptyState,
@@ -174,22 +207,25 @@ def centralize(
         )
         return updates, state
 
-    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     if mask is None:
         return tx
     return optax.masked(tx, _checked_mask(mask))
 
 
-def _checked_mask(mask: Any) -> Any:
-    """Wraps a mask to check it fits the updates before optax.masked uses it.
+def _checked_mask(mask: Any) -> Callable[[Any], Any]:
+    """A mask callable for :func:`optax.masked`, laid out like the updates.
 
-    A mismatch then gets an error naming the key path, not a bare tree-map one.
+    The user's mask may be a prefix of the params, match them by key path
+    only, or be a callable; it is resolved leaf by leaf and rebuilt on the
+    updates' own structure, so ``optax.masked`` never sees a mismatch it would
+    report without naming the leaf.
     """
 
     def build(tree: Any) -> Any:
         mask_tree = mask(tree) if callable(mask) else mask
-        flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_void)[0]
-        match_leaves(mask_tree, flat, name="mask", is_leaf=lambda x: x is None)
-        return mask_tree
+        flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_void)
+        entries = match_leaves(mask_tree, flat, name="mask", is_leaf=is_void)
+        return jax.tree.unflatten(treedef, [bool(m) for _, m in entries])
 
     return build

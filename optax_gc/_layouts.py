@@ -6,7 +6,7 @@ Everything that decides *where* gradient centralization averages lives here;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import jax
@@ -18,13 +18,14 @@ Layout: TypeAlias = Literal["channels_last", "channels_first"]
 """Where a kernel keeps its output axis: last (Flax, Haiku, Keras) or first
 (PyTorch, Equinox)."""
 
-Axes: TypeAlias = tuple[int, ...] | None
-"""The reduction axes of one leaf: a tuple of axes, or ``None`` to leave the
-leaf alone."""
+Axes: TypeAlias = tuple[int, ...] | int | None
+"""The reduction axes of one leaf: a tuple of axes (an int is one axis), or
+``None`` to leave the leaf alone."""
 
-ReductionAxes: TypeAlias = Any | Callable[[optax.Updates], Any]
+ReductionAxes: TypeAlias = Any
 """A tree of :data:`Axes` matching the params (or a prefix of it), or a
-callable that returns such a tree given the updates."""
+callable that returns such a tree given the updates. (``Any``: a pytree of
+axes cannot be typed more precisely.)"""
 
 LAYOUTS: tuple[str, ...] = ("channels_last", "channels_first")
 
@@ -112,43 +113,77 @@ def default_reduction_axes(
 
 
 def is_axes_spec(x: Any) -> bool:
-    """A leaf of a reduction-axes tree: ``None``, an int or a tuple of ints."""
-    if x is None or _is_int(x):
+    """One value of a reduction-axes tree: ``None``, a number or a tuple of them.
+
+    Numbers that are not ints (bools, floats) are taken as values here so that
+    :func:`normalize_axes` can refuse them with a message naming the leaf.
+    """
+    if x is None or _is_number(x):
         return True
-    return isinstance(x, tuple) and all(_is_int(a) for a in x)
+    return isinstance(x, tuple) and all(_is_number(a) for a in x)
+
+
+def _is_number(a: Any) -> bool:
+    return isinstance(a, (int, float, np.number, np.bool_))
 
 
 def _is_int(a: Any) -> bool:
     return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
 
 
-def normalize_axes(
-    spec: int | Sequence[int], shape: tuple[int, ...], path: str
-) -> tuple[int, ...]:
-    """Checks a leaf's axes against its shape; returns them sorted, >= 0."""
-    if isinstance(spec, (int, np.integer)):
-        axes: tuple[int, ...] = (int(spec),)
-    else:
-        axes = tuple(int(a) for a in spec)
+def keyname(path: tuple) -> str:
+    """A key path as text, e.g. ``['dense']['kernel']``; the root has none."""
+    return jax.tree_util.keystr(path) or "<the root>"
+
+
+def normalize_axes(spec: Any, shape: tuple[int, ...], path: str) -> tuple[int, ...]:
+    """Checks a leaf's axes against its shape; returns them sorted, >= 0.
+
+    Raises:
+      ValueError: naming ``path`` and ``shape``, for anything but an int or a
+        tuple of ints, for an axis out of range, an empty tuple or a repeat.
+    """
+    where = f"leaf {path} of shape {shape}"
+    valid = _is_int(spec) or (isinstance(spec, tuple) and all(_is_int(a) for a in spec))
+    if not valid:
+        hint = ""
+        if isinstance(spec, (bool, np.bool_)):
+            hint = " A tree of bools is a mask: pass it as mask=."
+        elif isinstance(spec, list):
+            hint = " Use a tuple, not a list."
+        elif isinstance(spec, jax.core.Tracer):
+            hint = (
+                " Axes must be static Python ints: with optax.inject_hyperparams,"
+                " list reduction_axes in static_args."
+            )
+        raise ValueError(
+            f"reduction_axes for {where} must be a tuple of int axes or None, "
+            f"got {spec!r}.{hint}"
+        )
+    axes = (int(spec),) if _is_int(spec) else tuple(int(a) for a in spec)
     ndim = len(shape)
     if not axes:
         raise ValueError(
-            f"reduction_axes gives an empty tuple for leaf {path} of shape "
-            f"{shape}. A mean over no axes would zero the gradient; use None "
-            "to leave this leaf alone."
+            f"reduction_axes gives an empty tuple for {where}. A mean over no "
+            "axes would zero the gradient; use None to leave this leaf alone."
+        )
+    if ndim == 0:
+        raise ValueError(
+            f"reduction_axes gives the axes {axes} to {where}, a scalar with no "
+            "axes. Use None to leave it alone."
         )
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(
-                f"Reduction axis {a} is out of range for leaf {path} of shape "
-                f"{shape} (rank {ndim}). Give axes in [{-ndim}, {ndim - 1}], "
-                "or None to leave this leaf alone."
+                f"Reduction axis {a} is out of range for {where} (rank {ndim}). "
+                f"Give axes in [{-ndim}, {ndim - 1}], or None to leave this "
+                "leaf alone."
             )
     normalized = tuple(sorted(a % ndim for a in axes))
     if len(set(normalized)) != len(normalized):
         raise ValueError(
-            f"reduction_axes {axes} for leaf {path} of shape {shape} names an "
-            "axis twice. Give each fan-in axis once."
+            f"reduction_axes {axes} for {where} names an axis twice. Give each "
+            "fan-in axis once."
         )
     return normalized
 
@@ -156,6 +191,21 @@ def normalize_axes(
 def is_void(x: Any) -> bool:
     """A position of the updates with no array: ``None`` or a MaskedNode."""
     return x is None or isinstance(x, optax.MaskedNode)
+
+
+def _is_box_path(keys: tuple) -> bool:
+    """Whether a key path suffix only reads attributes (``.value``): a box."""
+    return all(isinstance(k, jax.tree_util.GetAttrKey) for k in keys)
+
+
+def is_boxed_in(entry: tuple, path: tuple) -> bool:
+    """Whether a spec entry and a leaf are the same place, up to a box.
+
+    True when one key path extends the other by attribute reads only (an
+    ``nnx.Variable``'s ``.value``, on either side).
+    """
+    short, long = sorted((entry, path), key=len)
+    return long[: len(short)] == short and _is_box_path(long[len(short) :])
 
 
 def match_leaves(
@@ -167,10 +217,13 @@ def match_leaves(
 ) -> list[tuple[tuple | None, Any]]:
     """The ``spec`` entry that governs each leaf of ``flat_tree``.
 
-    ``spec`` may be a prefix of the tree (one value for a whole subtree) and
-    may go on below a ``None``/MaskedNode of the tree (as it does inside
-    :func:`optax.masked`). Matching is by key path, so a plain dict spec fits
-    an ``nnx.State`` tree with the same keys.
+    Matching is by key path, not by node type, so a plain dict spec fits an
+    ``nnx.State`` with the same keys. An entry governs every leaf below it
+    (``spec`` may be a prefix of the tree), and an attribute box that holds
+    exactly one entry or one array, such as an ``nnx.Variable`` (key path
+    ``['kernel'].value``), is seen through on either side. Entries below a
+    ``None`` or ``MaskedNode`` of the tree are ignored, as they must be
+    inside :func:`optax.masked`.
 
     Args:
       spec: the user's tree of values (axes, or mask bools).
@@ -181,48 +234,55 @@ def match_leaves(
 
     Returns:
       For each leaf of ``flat_tree``, the key path of its governing entry in
-      ``spec`` (the leaf's own path, or a prefix of it) and that entry's
-      value; ``(None, None)`` for a void leaf that ``spec`` does not reach.
+      ``spec`` and that entry's value; ``(None, None)`` for a void leaf that
+      ``spec`` does not reach.
 
     Raises:
       ValueError: naming the first key path where the two trees disagree.
     """
-    keystr = jax.tree_util.keystr
     by_path = dict(jax.tree_util.tree_flatten_with_path(spec, is_leaf=is_leaf)[0])
-    leaves = dict(flat_tree)
+    below: dict[tuple, list[tuple]] = {}  # spec node -> the entries under it
+    for q in by_path:
+        for k in range(len(q)):
+            below.setdefault(q[:k], []).append(q)
     fix = (
         f"Give {name} the same structure as the params (or a prefix of it), "
         "or a callable that builds it from them."
     )
-    on_a_path = {p[:k] for p in leaves for k in range(len(p) + 1)}
-    for q in by_path:
-        if q in on_a_path:
-            continue
-        above = [q[:k] for k in range(len(q)) if q[:k] in leaves]
-        if above and is_void(leaves[above[0]]):
-            continue
-        if above:
-            shape = getattr(leaves[above[0]], "shape", None)
-            raise ValueError(
-                f"The {name} tree does not match the params: it has an entry "
-                f"at {keystr(q)}, inside leaf {keystr(above[0])} of shape "
-                f"{shape}. {fix}"
-            )
-        raise ValueError(
-            f"The {name} tree does not match the params: it has an entry at "
-            f"{keystr(q)}, which is not in the params. {fix}"
-        )
     values: list[tuple[tuple | None, Any]] = []
+    used: set[tuple] = set()
     for p, leaf in flat_tree:
         governing = [p[:k] for k in range(len(p) + 1) if p[:k] in by_path]
+        inner = below.get(p, [])
         if governing:
-            values.append((governing[0], by_path[governing[0]]))
+            entry = governing[0]
         elif is_void(leaf):
+            used.update(inner)
             values.append((None, None))
+            continue
+        elif len(inner) == 1 and _is_box_path(inner[0][len(p) :]):
+            entry = inner[0]
+        elif inner:
+            listed = isinstance(inner[0][len(p)], jax.tree_util.SequenceKey)
+            raise ValueError(
+                f"The {name} tree does not match the params: it has "
+                f"{'an entry' if len(inner) == 1 else 'entries'} at "
+                f"{', '.join(keyname(q) for q in inner)}, inside leaf "
+                f"{keyname(p)} of shape {getattr(leaf, 'shape', None)}. Give "
+                f"that leaf one value{' (a tuple, not a list)' * listed}. {fix}"
+            )
         else:
             raise ValueError(
                 f"The {name} tree does not match the params: it has no entry "
-                f"for leaf {keystr(p)} of shape {getattr(leaf, 'shape', None)}. "
+                f"for leaf {keyname(p)} of shape {getattr(leaf, 'shape', None)}. "
                 f"{fix}"
+            )
+        used.add(entry)
+        values.append((entry, by_path[entry]))
+    for q in by_path:
+        if q not in used:
+            raise ValueError(
+                f"The {name} tree does not match the params: it has an entry at "
+                f"{keyname(q)}, which is not in the params. {fix}"
             )
     return values

@@ -145,6 +145,31 @@ def test_reduction_axes_tree_callable_negative_and_int():
     assert out["conv"]["bias"] is tree["conv"]["bias"]
 
 
+def test_reduction_axes_callable_receives_the_updates():
+    tree = random_tree()
+    seen = []
+
+    def fan_in(updates):
+        seen.append(jax.tree.map(lambda g: g.shape, updates))
+        return jax.tree.map(
+            lambda g: tuple(range(g.ndim - 1)) if g.ndim > 1 else None, updates
+        )
+
+    out = apply(optax_gc.centralize(reduction_axes=fan_in), tree)
+    assert seen == [jax.tree.map(lambda g: g.shape, tree)]
+    chex.assert_trees_all_equal(out, apply(optax_gc.centralize(), tree))
+    # Under a mask, the callable sees the masked-out leaves as MaskedNode.
+    seen.clear()
+    mask = {"conv": False, "conv1d": True, "dense": True, "head": True, "norm": True}
+    out = apply(optax_gc.centralize(reduction_axes=fan_in, mask=mask), tree)
+    assert seen[-1]["conv"] == {
+        "kernel": optax.MaskedNode(),
+        "bias": optax.MaskedNode(),
+    }
+    assert out["conv"]["kernel"] is tree["conv"]["kernel"]
+    np.testing.assert_allclose(out["dense"]["kernel"].mean(0), 0.0, atol=1e-6)
+
+
 def test_reduction_axes_on_rank_one_is_honoured():
     # Explicit axes are the user's decision, even for a vector.
     out = apply(optax_gc.centralize(reduction_axes=(0,)), jnp.array([1.0, 3.0]))
@@ -260,9 +285,62 @@ def test_non_float_none_masked_node_scalars_and_empty_untouched():
 
 
 def test_bad_axes_are_refused_on_leaves_left_alone_too():
-    tree = {"step": jnp.ones((2, 2), jnp.int32)}
+    tree = {"step": jnp.ones((2, 2), jnp.int32), "k": jnp.ones((3, 4))}
     with pytest.raises(ValueError, match=r"axis 5 is out of range for leaf \['step'\]"):
-        apply(optax_gc.centralize(reduction_axes={"step": (5,)}), tree)
+        apply(optax_gc.centralize(reduction_axes={"step": (5,), "k": None}), tree)
+    # conv_only then skips the rank-2 kernel, but its axes are checked first.
+    with pytest.raises(ValueError, match=r"axis 7 is out of range for leaf \['k'\]"):
+        apply(
+            optax_gc.centralize(
+                reduction_axes={"step": None, "k": (7,)}, conv_only=True
+            ),
+            tree,
+        )
+
+
+@pytest.mark.parametrize(
+    ("axes", "pattern"),
+    [
+        (
+            True,
+            r"leaf \['k'\] of shape \(3, 4\) must be a tuple of int axes or None, got True\. A tree of bools is a mask: pass it as mask=",
+        ),
+        (
+            0.0,
+            r"leaf \['k'\] of shape \(3, 4\) must be a tuple of int axes or None, got 0\.0",
+        ),
+        ((0, 1.5), r"must be a tuple of int axes or None, got \(0, 1\.5\)"),
+        (
+            [0, 1],
+            r"entries at \['k'\]\[0\], \['k'\]\[1\], inside leaf \['k'\] of shape \(3, 4\).*\(a tuple, not a list\)",
+        ),
+    ],
+)
+def test_axes_of_the_wrong_type_are_refused(axes, pattern):
+    tree = {"k": jnp.ones((3, 4))}
+    with pytest.raises(ValueError, match=pattern):
+        apply(optax_gc.centralize(reduction_axes={"k": axes}), tree)
+
+
+def test_mask_tree_given_as_reduction_axes_is_refused():
+    # The easy mistake: a mask-style tree of bools where axes belong.
+    tree = random_tree()
+    mask_like = jax.tree.map(lambda x: x.ndim > 1, tree)
+    with pytest.raises(ValueError, match=r"pass it as mask="):
+        apply(optax_gc.centralize(reduction_axes=mask_like), tree)
+
+
+def test_errors_on_a_single_array_and_a_scalar_name_them():
+    with pytest.raises(
+        ValueError,
+        match=r"axis 2 is out of range for leaf <the root> of shape \(2, 3\)",
+    ):
+        apply(optax_gc.centralize(reduction_axes=(2,)), jnp.ones((2, 3)))
+    with pytest.raises(
+        ValueError,
+        match=r"leaf \['t'\] of shape \(\), a scalar with no axes\. Use None",
+    ):
+        apply(optax_gc.centralize(reduction_axes={"t": (0,)}), {"t": jnp.float32(1.0)})
 
 
 def test_nan_in_one_leaf_leaves_others_alone():
@@ -283,14 +361,19 @@ def test_nan_in_one_leaf_leaves_others_alone():
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_half_precision_averaged_in_float32(dtype):
-    # 256 rows of 1 and one of 257: in bfloat16 a running sum stalls at 256,
-    # but the float32 mean is exact and so is the centred value 0 - 1 = -1.
+    # The exact mean 1 + 2**-8 rounds to 1 in bfloat16, so a gradient centred
+    # on a half-precision mean would come out as [0, 2**-7]; subtracting the
+    # float32 mean gives the exact [-2**-8, 2**-8], representable in both.
+    g = jnp.array([[1.0], [1.0078125]], dtype=dtype)
+    out = apply(optax_gc.centralize(), g)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(out, np.float32), [[-(2**-8)], [2**-8]])
+    # A long column: 256 ones and one 258, mean exactly 2.
     g = jnp.concatenate([jnp.ones((256, 2)), jnp.full((1, 2), 258.0)]).astype(dtype)
     out = apply(optax_gc.centralize(), g)
     assert out.dtype == dtype
-    want = reference_gc(np.asarray(g, np.float32), (0,)).astype(np.float32)
-    np.testing.assert_array_equal(out, jnp.asarray(want).astype(dtype))
     np.testing.assert_array_equal(out[0], jnp.full(2, -1.0, dtype))
+    np.testing.assert_array_equal(out[-1], jnp.full(2, 256.0, dtype))
 
 
 def test_float64_stays_float64():

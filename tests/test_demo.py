@@ -62,8 +62,7 @@ def test_optax_centralize_averages_the_wrong_axis_of_a_flax_kernel(run):
 
 
 def test_prints_table_and_honest_caveat(run):
-    res, text = run
+    _, text = run
     assert "test accuracy" in text
     assert "no significance test" in text
     assert "optax.centralize()" in text
-    assert res["seconds"] < 60  # compile-bound: ~10 s on 2 CPU cores

@@ -201,7 +201,39 @@ def test_accepts_extra_args():
     updates, _ = tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))
     chex.assert_trees_all_equal(updates, apply(tx, grads))
     chained = optax.chain(optax_gc.centralize(), optax.sgd(0.1))
-    chained.update(grads, chained.init(params), params, value=jnp.float32(1.0))
+    updates, _ = chained.update(
+        grads, chained.init(params), params, value=jnp.float32(1.0)
+    )
+    chex.assert_trees_all_close(
+        updates, jax.tree.map(lambda g: -0.1 * g, apply(tx, grads)), atol=1e-7
+    )
+
+
+def test_eval_shape_and_tree_map_params():
+    params, grads = random_tree(0), _grads()
+    tx = optax.chain(optax_gc.centralize(), optax.sgd(0.1, momentum=0.9))
+    state = tx.init(params)
+    shapes = jax.eval_shape(lambda g, s: tx.update(g, s, params)[0], grads, state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes, grads)
+    # tree_map_params reaches the momentum buffer through the chain.
+    doubled = optax.tree_map_params(tx, lambda p: p * 2, state)
+    chex.assert_trees_all_close(
+        doubled[1][0].trace, jax.tree.map(lambda t: t * 2, state[1][0].trace)
+    )
+
+
+def test_reduction_axes_through_inject_hyperparams_must_be_static():
+    grads = {"q": _grads()["conv1d"]["kernel"]}  # (3, 4, 5): fan-in axis 0 only
+    make = optax.inject_hyperparams(
+        optax_gc.centralize, static_args=("reduction_axes",)
+    )
+    tx = make(reduction_axes={"q": (0,)})
+    out = jax.jit(lambda g: tx.update(g, tx.init(g))[0])(grads)
+    np.testing.assert_allclose(out["q"], reference_gc(grads["q"], (0,)), atol=1e-6)
+    # Not static: inject_hyperparams turns the int into a traced array.
+    tx = optax.inject_hyperparams(optax_gc.centralize)(reduction_axes=0)
+    with pytest.raises(ValueError, match=r"list reduction_axes in static_args"):
+        jax.jit(lambda g: tx.update(g, tx.init(g))[0])(grads["q"])
 
 
 def test_jit_and_vmap():
@@ -289,6 +321,55 @@ def test_nnx_optimizer_with_a_plain_dict_reduction_axes():
         optimizer.update(model, grads)
         models.append(nnx.as_pure(nnx.state(model, nnx.Param)))
     chex.assert_trees_all_close(models[0], models[1], atol=1e-7)
+
+
+def test_nnx_state_with_variables_and_its_default_axes():
+    # nnx.grad returns Variables (key paths like ['kernel'].value); a plain
+    # dict spec and default_reduction_axes(nnx.state(...)) both fit it, and the
+    # latter also fits the pure State that nnx.Optimizer passes.
+    x, y = _batch()
+    model = _NNXNet(nnx.Rngs(0))
+    grads = nnx.grad(lambda m: _loss(m(x), y))(model)
+    spec = {
+        "conv": {"kernel": (0, 1, 2), "bias": None},
+        "norm": None,
+        "dense": {"kernel": (0,), "bias": None},
+    }
+    boxed_spec = optax_gc.default_reduction_axes(nnx.state(model, nnx.Param))
+    want = apply(optax_gc.centralize(), nnx.as_pure(grads))
+    for reduction_axes in (spec, boxed_spec):
+        out = apply(optax_gc.centralize(reduction_axes=reduction_axes), grads)
+        chex.assert_trees_all_close(nnx.as_pure(out), want, atol=1e-7)
+    models = []
+    for reduction_axes in (boxed_spec, None):
+        model = _NNXNet(nnx.Rngs(0))
+        tx = optax.chain(
+            optax_gc.centralize(reduction_axes=reduction_axes), optax.sgd(0.1)
+        )
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        optimizer.update(model, nnx.grad(lambda m: _loss(m(x), y))(model))
+        models.append(nnx.as_pure(nnx.state(model, nnx.Param)))
+    chex.assert_trees_all_close(models[0], models[1], atol=1e-7)
+
+
+def test_nnx_optimizer_with_a_plain_dict_mask():
+    x, y = _batch()
+    model = _NNXNet(nnx.Rngs(0))
+    before = nnx.as_pure(nnx.state(model, nnx.Param))
+    mask = {"conv": False, "norm": False, "dense": {"kernel": True, "bias": False}}
+    tx = optax.chain(optax_gc.centralize(mask=mask), optax.sgd(1.0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(lambda m: _loss(m(x), y))(model)
+    optimizer.update(model, grads)
+    grads = nnx.as_pure(grads)
+    after = nnx.as_pure(nnx.state(model, nnx.Param))
+    step = jax.tree.map(lambda a, b: b - a, after, before)
+    np.testing.assert_allclose(
+        step["dense"]["kernel"], reference_gc(grads["dense"]["kernel"], (0,)), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        step["conv"]["kernel"], grads["conv"]["kernel"], atol=1e-6
+    )
 
 
 class _LinenNet(linen.Module):

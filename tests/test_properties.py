@@ -1,8 +1,10 @@
 """Projection properties of GC over random shapes and axes (hypothesis)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from helpers import apply, reference_gc
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,6 +69,19 @@ def test_float32_matches_reference(case):
     out = _gc(g, axes)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, reference_gc(g, axes), rtol=1e-5, atol=1e-5)
+
+
+@given(shapes_and_axes())
+def test_channels_first_equals_optax_centralize(case):
+    shape, _, seed = case
+    g = jnp.asarray(_normal(shape, seed).astype(np.float32))
+    tree = {"g": g, "h": g[..., :1] * 2}
+    chex.assert_trees_all_close(
+        apply(optax_gc.centralize(layout="channels_first"), tree),
+        apply(optax.centralize(), tree),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 @given(shapes_and_axes())
