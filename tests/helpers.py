@@ -25,6 +25,15 @@ def reference_gc(g: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return np.transpose(w.reshape(moved.shape), back)
 
 
+def enable_x64() -> Any:
+    """A context with 64-bit types on: ``jax.enable_x64`` or, on the oldest
+    jax we support, its earlier home in ``jax.experimental``."""
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is None:
+        from jax.experimental import enable_x64 as ctx
+    return ctx(True)
+
+
 def apply(tx: optax.GradientTransformation, updates: Any, params: Any = None) -> Any:
     """One update of ``tx`` from a fresh state."""
     state = tx.init(updates if params is None else params)

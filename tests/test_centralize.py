@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import apply, random_tree, reference_gc
+from helpers import apply, enable_x64, random_tree, reference_gc
 
 import optax_gc
 
@@ -377,7 +377,7 @@ def test_half_precision_averaged_in_float32(dtype):
 
 
 def test_float64_stays_float64():
-    with jax.enable_x64(True):
+    with enable_x64():
         rng = np.random.default_rng(0)
         g = jnp.asarray(rng.normal(size=(7, 3)))
         assert g.dtype == jnp.float64

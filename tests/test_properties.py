@@ -1,11 +1,10 @@
 """Projection properties of GC over random shapes and axes (hypothesis)."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from helpers import apply, reference_gc
+from helpers import apply, enable_x64, reference_gc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +41,7 @@ settings.load_profile("ci")
 @given(shapes_and_axes())
 def test_properties_in_float64(case):
     shape, axes, seed = case
-    with jax.enable_x64(True):
+    with enable_x64():
         g, h = (jnp.asarray(_normal(shape, seed, k)) for k in (0, 1))
         a, b = 1.7, -0.3
         pg = _gc(g, axes)
