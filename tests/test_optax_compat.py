@@ -301,26 +301,25 @@ def test_nnx_optimizer_applies_gc_to_the_gradient():
         np.testing.assert_allclose(delta[name][p], grads[name][p], atol=1e-5)
 
 
+def _nnx_sgd_step(reduction_axes):
+    """The params of a fresh _NNXNet after one GC + SGD step in nnx.Optimizer."""
+    x, y = _batch()
+    model = _NNXNet(nnx.Rngs(0))
+    tx = optax.chain(optax_gc.centralize(reduction_axes=reduction_axes), optax.sgd(0.1))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer.update(model, nnx.grad(lambda m: _loss(m(x), y))(model))
+    return nnx.as_pure(nnx.state(model, nnx.Param))
+
+
 def test_nnx_optimizer_with_a_plain_dict_reduction_axes():
     # A spec written as a plain dict fits the nnx.State the optimizer passes:
     # matching is by key path.
-    x, y = _batch()
     spec = {
         "conv": {"kernel": (0, 1, 2), "bias": None},
         "norm": None,
         "dense": {"kernel": (0,), "bias": None},
     }
-    models = []
-    for reduction_axes in (spec, None):
-        model = _NNXNet(nnx.Rngs(0))
-        tx = optax.chain(
-            optax_gc.centralize(reduction_axes=reduction_axes), optax.sgd(0.1)
-        )
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        grads = nnx.grad(lambda m: _loss(m(x), y))(model)
-        optimizer.update(model, grads)
-        models.append(nnx.as_pure(nnx.state(model, nnx.Param)))
-    chex.assert_trees_all_close(models[0], models[1], atol=1e-7)
+    chex.assert_trees_all_close(_nnx_sgd_step(spec), _nnx_sgd_step(None), atol=1e-7)
 
 
 def test_nnx_state_with_variables_and_its_default_axes():
@@ -340,16 +339,9 @@ def test_nnx_state_with_variables_and_its_default_axes():
     for reduction_axes in (spec, boxed_spec):
         out = apply(optax_gc.centralize(reduction_axes=reduction_axes), grads)
         chex.assert_trees_all_close(nnx.as_pure(out), want, atol=1e-7)
-    models = []
-    for reduction_axes in (boxed_spec, None):
-        model = _NNXNet(nnx.Rngs(0))
-        tx = optax.chain(
-            optax_gc.centralize(reduction_axes=reduction_axes), optax.sgd(0.1)
-        )
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        optimizer.update(model, nnx.grad(lambda m: _loss(m(x), y))(model))
-        models.append(nnx.as_pure(nnx.state(model, nnx.Param)))
-    chex.assert_trees_all_close(models[0], models[1], atol=1e-7)
+    chex.assert_trees_all_close(
+        _nnx_sgd_step(boxed_spec), _nnx_sgd_step(None), atol=1e-7
+    )
 
 
 def test_nnx_optimizer_with_a_plain_dict_mask():
