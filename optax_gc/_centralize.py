@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ._layouts import (
@@ -15,9 +16,11 @@ from ._layouts import (
     Layout,
     ReductionAxes,
     check_layout,
+    fan_in_size,
     is_axes_spec,
     is_boxed_in,
     is_centralizable,
+    is_function,
     is_void,
     keyname,
     layout_axes,
@@ -30,12 +33,15 @@ def centralize_leaf(g: Any, axes: Axes, *, path: str = "<array>") -> Any:
     """Subtracts from ``g`` its mean over ``axes`` (one mean per other index).
 
     Leaves that GC must not touch (non-float, rank 0, zero-size, ``axes`` of
-    ``None``) come back as they are. Half-precision means are taken in float32
-    and the result is cast back to ``g``'s dtype.
+    ``None``, a fan-in of one entry) come back as they are. Half-precision
+    means are taken in float32 and the result is cast back to ``g``'s dtype.
     """
     if axes is None or not is_centralizable(g):
         return g
     axes = normalize_axes(axes, tuple(g.shape), path)
+    if fan_in_size(g.shape, axes) == 1:
+        # One entry per unit: GC would zero the gradient and freeze the leaf.
+        return g
     # Half-precision sums lose the mean; accumulate those in float32.
     acc = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype
     mean = jnp.mean(g, axis=axes, keepdims=True, dtype=acc)
@@ -48,13 +54,15 @@ def _leaf_axes(
     updates: optax.Updates,
 ) -> list[Axes]:
     """Each leaf's axes from the user's spec, checked against its shape."""
-    spec = reduction_axes(updates) if callable(reduction_axes) else reduction_axes
+    spec = reduction_axes
+    if is_function(reduction_axes, is_leaf=is_axes_spec):
+        spec = reduction_axes(updates)
     entries = match_leaves(spec, flat, name="reduction_axes", is_leaf=is_axes_spec)
     pairs = list(zip(flat, entries, strict=True))
     arrays_under = Counter(e for (_, g), (e, _) in pairs if not is_void(g))
     axes: list[Axes] = []
     for (path, g), (entry, a) in pairs:
-        if a is None or entry is None or not hasattr(g, "shape"):
+        if a is None or entry is None or is_void(g):
             axes.append(None)
             continue
         if arrays_under[entry] > 1 or not is_boxed_in(entry, path):
@@ -65,7 +73,7 @@ def _leaf_axes(
             )
         # Checked on every leaf, even one GC then leaves alone (an integer
         # leaf, or a low-rank one under conv_only), so a typo cannot hide.
-        axes.append(normalize_axes(a, tuple(g.shape), keyname(path)))
+        axes.append(normalize_axes(a, np.shape(g), keyname(path)))
     return axes
 
 
@@ -78,6 +86,7 @@ def _centralize_tree(
 ) -> optax.Updates:
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_void)
     ranks = [len(getattr(g, "shape", ())) for _, g in flat]
+    axes: list[Axes]
     if reduction_axes is None:
         axes = [layout_axes(r, layout=layout, conv_only=conv_only) for r in ranks]
     else:
@@ -217,15 +226,28 @@ def _checked_mask(mask: Any) -> Callable[[Any], Any]:
     """A mask callable for :func:`optax.masked`, laid out like the updates.
 
     The user's mask may be a prefix of the params, match them by key path
-    only, or be a callable; it is resolved leaf by leaf and rebuilt on the
-    updates' own structure, so ``optax.masked`` never sees a mismatch it would
-    report without naming the leaf.
+    only, or be a callable; it is resolved leaf by leaf (with errors that name
+    the leaf) and rebuilt on the structure of the tree optax hands it, so
+    :func:`optax.masked` then maps it over that tree without surprises. As
+    with ``optax.masked``, params passed to ``update`` must have the updates'
+    structure.
     """
 
     def build(tree: Any) -> Any:
-        mask_tree = mask(tree) if callable(mask) else mask
+        mask_tree = mask
+        if is_function(mask, is_leaf=lambda x: x is None):
+            mask_tree = mask(tree)
         flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_void)
-        entries = match_leaves(mask_tree, flat, name="mask", is_leaf=is_void)
+        entries = match_leaves(
+            mask_tree, flat, name="mask", is_leaf=lambda x: x is None
+        )
+        for (path, leaf), (entry, m) in zip(flat, entries, strict=True):
+            if m is None and entry is not None:
+                raise ValueError(
+                    f"mask gives None to {keyname(entry)}, over leaf "
+                    f"{keyname(path)} of shape {getattr(leaf, 'shape', None)}. "
+                    "Give True (centralize) or False (leave alone)."
+                )
         return jax.tree.unflatten(treedef, [bool(m) for _, m in entries])
 
     return build

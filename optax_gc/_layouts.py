@@ -6,6 +6,7 @@ Everything that decides *where* gradient centralization averages lives here;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
@@ -56,7 +57,14 @@ def is_centralizable(x: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.inexact)) and int(np.prod(shape)) > 0
 
 
-def layout_axes(ndim: int, *, layout: Layout, conv_only: bool) -> Axes:
+def fan_in_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    """M, the number of entries each output unit averages over."""
+    return math.prod(shape[a] for a in axes)
+
+
+def layout_axes(
+    ndim: int, *, layout: Layout, conv_only: bool
+) -> tuple[int, ...] | None:
     """The fan-in axes of a kernel of rank ``ndim`` under a layout rule.
 
     Rank 0 and 1 leaves (biases, norm scales) get ``None``; with ``conv_only``
@@ -107,7 +115,10 @@ def default_reduction_axes(
     def axes_of(leaf: Any) -> Axes:
         if not is_centralizable(leaf):
             return None
-        return layout_axes(len(leaf.shape), layout=layout, conv_only=conv_only)
+        axes = layout_axes(len(leaf.shape), layout=layout, conv_only=conv_only)
+        if axes is None or fan_in_size(leaf.shape, axes) == 1:
+            return None
+        return axes
 
     return jax.tree.map(axes_of, params)
 
@@ -189,8 +200,32 @@ def normalize_axes(spec: Any, shape: tuple[int, ...], path: str) -> tuple[int, .
 
 
 def is_void(x: Any) -> bool:
-    """A position of the updates with no array: ``None`` or a MaskedNode."""
-    return x is None or isinstance(x, optax.MaskedNode)
+    """A position of the updates with no array: None, a MaskedNode, or ``{}``."""
+    return x is None or not jax.tree.leaves(x)
+
+
+def is_function(x: Any, *, is_leaf: Callable[[Any], bool]) -> bool:
+    """Whether an option is a function of the params rather than a tree.
+
+    As for :func:`optax.masked`: a callable pytree (an Equinox module) whose
+    leaves are values is a tree, not a function.
+    """
+    leaves = jax.tree.leaves(x, is_leaf=is_leaf)
+    return bool(leaves) and all(callable(leaf) for leaf in leaves)
+
+
+def _node_at(tree: Any, path: tuple) -> Any:
+    """The node of ``tree`` at ``path``, for dict, sequence and attribute keys."""
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            tree = tree[k.key]
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            tree = tree[k.idx]
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            tree = getattr(tree, k.name)
+        else:
+            return None
+    return tree
 
 
 def _is_box_path(keys: tuple) -> bool:
@@ -263,19 +298,40 @@ def match_leaves(
         elif len(inner) == 1 and _is_box_path(inner[0][len(p) :]):
             entry = inner[0]
         elif inner:
-            listed = isinstance(inner[0][len(p)], jax.tree_util.SequenceKey)
+            try:
+                node = _node_at(spec, p)
+            except (KeyError, IndexError, AttributeError, TypeError):
+                node = None
+            hint = ""
+            if name == "mask":
+                hint = " (one bool; axes belong in reduction_axes=)"
+            elif isinstance(node, list):
+                hint = " (a tuple, not a list)"
             raise ValueError(
                 f"The {name} tree does not match the params: it has "
                 f"{'an entry' if len(inner) == 1 else 'entries'} at "
                 f"{', '.join(keyname(q) for q in inner)}, inside leaf "
                 f"{keyname(p)} of shape {getattr(leaf, 'shape', None)}. Give "
-                f"that leaf one value{' (a tuple, not a list)' * listed}. {fix}"
+                f"that leaf one value{hint}. {fix}"
             )
         else:
+            twins = [
+                q
+                for q in by_path
+                if q != p[: len(q)] and keyname(q) == keyname(p[: len(q)])
+            ]
+            hint = ""
+            if twins:
+                hint = (
+                    f" Its entry {keyname(twins[0])} prints alike but is another "
+                    "kind of key (a list index or attribute where the params have "
+                    "a dict key, or the reverse; nnx.Sequential state is a dict "
+                    "keyed by ints, {0: ..., 1: ...})."
+                )
             raise ValueError(
                 f"The {name} tree does not match the params: it has no entry "
-                f"for leaf {keyname(p)} of shape {getattr(leaf, 'shape', None)}. "
-                f"{fix}"
+                f"for leaf {keyname(p)} of shape {getattr(leaf, 'shape', None)}."
+                f"{hint} {fix}"
             )
         used.add(entry)
         values.append((entry, by_path[entry]))

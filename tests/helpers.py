@@ -25,6 +25,11 @@ def reference_gc(g: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return np.transpose(w.reshape(moved.shape), back)
 
 
+def fan_in_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    """How many entries each output unit averages over (M)."""
+    return int(np.prod([shape[a] for a in axes]))
+
+
 def enable_x64() -> Any:
     """A context with 64-bit types on: ``jax.enable_x64`` or, on the oldest
     jax we support, its earlier home in ``jax.experimental``."""

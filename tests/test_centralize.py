@@ -273,7 +273,12 @@ def test_non_float_none_masked_node_scalars_and_empty_untouched():
     for tx in (
         optax_gc.centralize(),
         optax_gc.centralize(layout="channels_first"),
-        optax_gc.centralize(reduction_axes=lambda u: jax.tree.map(lambda _: (0,), u)),
+        # Explicit axes for every array (a scalar has none to give).
+        optax_gc.centralize(
+            reduction_axes=lambda u: jax.tree.map(
+                lambda g: (0,) if np.ndim(g) else None, u
+            )
+        ),
     ):
         out = apply(tx, tree)
         for key in tree:
@@ -341,6 +346,53 @@ def test_errors_on_a_single_array_and_a_scalar_name_them():
         match=r"leaf \['t'\] of shape \(\), a scalar with no axes\. Use None",
     ):
         apply(optax_gc.centralize(reduction_axes={"t": (0,)}), {"t": jnp.float32(1.0)})
+
+
+def test_explicit_axes_for_a_python_scalar_are_refused():
+    with pytest.raises(
+        ValueError, match=r"leaf \['py'\] of shape \(\), a scalar with no axes"
+    ):
+        apply(optax_gc.centralize(reduction_axes={"py": (0,)}), {"py": 3.0})
+
+
+def test_empty_subtrees_match_prefix_entries():
+    tree = {"drop": {}, "extra": (), "k": jnp.array([[1.0, 2.0], [3.0, 6.0]])}
+    for tx in (
+        optax_gc.centralize(reduction_axes={"drop": None, "extra": None, "k": (0,)}),
+        optax_gc.centralize(reduction_axes=optax_gc.default_reduction_axes(tree)),
+        optax_gc.centralize(mask={"drop": False, "extra": True, "k": True}),
+    ):
+        out = apply(tx, tree)
+        assert out["drop"] == {} and out["extra"] == ()
+        np.testing.assert_array_equal(out["k"], [[-1.0, -2.0], [1.0, 2.0]])
+
+
+def test_mask_with_none_is_refused():
+    tree = {"k": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    with pytest.raises(
+        ValueError,
+        match=r"mask gives None to \['b'\], over leaf \['b'\] of shape \(2,\)\. Give True",
+    ):
+        apply(optax_gc.centralize(mask={"k": True, "b": None}), tree)
+
+
+def test_mismatch_hints_name_the_confusion():
+    tree = {
+        "layers": {0: {"kernel": jnp.ones((2, 3))}, 2: {"kernel": jnp.ones((3, 1))}}
+    }
+    # nnx.Sequential-style int dict keys given as a list: the keys print alike.
+    spec = {"layers": [{"kernel": (0,)}, None, {"kernel": (0,)}]}
+    with pytest.raises(
+        ValueError,
+        match=r"no entry for leaf \['layers'\]\[0\]\['kernel'\].*prints alike but is another kind of key",
+    ):
+        apply(optax_gc.centralize(reduction_axes=spec), tree)
+    # A tuple of axes where a mask wants one bool.
+    with pytest.raises(
+        ValueError,
+        match=r"entry at \['k'\]\[0\], inside leaf \['k'\].*axes belong in reduction_axes=",
+    ):
+        apply(optax_gc.centralize(mask={"k": (0,)}), {"k": jnp.ones((2, 2))})
 
 
 def test_nan_in_one_leaf_leaves_others_alone():
