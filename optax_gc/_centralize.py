@@ -126,8 +126,8 @@ def centralize(
       ``"channels_last"`` (Flax linen/nnx, Haiku, Keras: Dense ``(in, out)``,
       Conv ``(kh, kw, in, out)``) every leaf of rank >= 2 is averaged over all
       axes but the last. With ``"channels_first"`` (PyTorch, Equinox) over all
-      axes but the first, exactly as :func:`optax.centralize`. Leaves of rank
-      0 and 1 (biases, norm scales) pass through.
+      axes but the first, the axes :func:`optax.centralize` uses. Leaves of
+      rank 0 and 1 (biases, norm scales) pass through.
     * ``reduction_axes`` given: it decides every leaf and ``layout`` is not
       consulted (it is still validated). Use it for kernels no single-axis
       rule fits, e.g. Flax attention kernels ``(in, heads, head_dim)`` whose
@@ -135,11 +135,15 @@ def centralize(
       the layout rule's tree as a starting point.
     * ``conv_only=True`` then keeps only leaves of rank > 3 (conv kernels),
       the paper's GCC variant, whichever of the two chose the axes.
-    * ``mask`` then restricts GC to the leaves it marks ``True``, exactly as
-      :func:`optax.masked` does (it is implemented with it).
+    * ``mask`` then restricts GC to the leaves it marks ``True``, as
+      :func:`optax.masked` does (it is implemented with it), with the tree
+      matched to the params by key path like ``reduction_axes``.
 
     Integer, bool and ``float0`` leaves, ``None``, :class:`optax.MaskedNode`,
-    Python scalars and zero-size arrays always pass through untouched.
+    Python scalars and zero-size arrays always pass through untouched, and
+    so does a leaf whose fan-in has a single entry per unit (an Equinox conv
+    bias ``(out, 1, 1)``, a Dense layer with one input): centralizing it
+    would zero its gradient and freeze it (:func:`optax.centralize` does).
     bfloat16/float16 gradients are averaged in float32 and returned in their
     own dtype. The transform is stateless and pure; it runs under
     :func:`jax.jit`, :func:`jax.vmap` and :func:`jax.shard_map`. Under ``jit``
