@@ -12,7 +12,6 @@ import numpy as np
 import optax
 
 from ._layouts import (
-    Axes,
     Layout,
     ReductionAxes,
     check_layout,
@@ -20,25 +19,24 @@ from ._layouts import (
     is_axes_spec,
     is_boxed_in,
     is_centralizable,
-    is_function,
     is_void,
     keyname,
     layout_axes,
-    match_leaves,
     normalize_axes,
+    resolve,
 )
 
 
-def centralize_leaf(g: Any, axes: Axes, *, path: str = "<array>") -> Any:
+def centralize_leaf(g: Any, axes: tuple[int, ...] | None) -> Any:
     """Subtracts from ``g`` its mean over ``axes`` (one mean per other index).
 
-    Leaves that GC must not touch (non-float, rank 0, zero-size, ``axes`` of
-    ``None``, a fan-in of one entry) come back as they are. Half-precision
-    means are taken in float32 and the result is cast back to ``g``'s dtype.
+    ``axes`` are already checked and normalized (sorted, >= 0). Leaves that GC
+    must not touch (non-float, rank 0, zero-size, ``axes`` of ``None``, a
+    fan-in of one entry) come back as they are. Half-precision means are taken
+    in float32 and the result is cast back to ``g``'s dtype.
     """
     if axes is None or not is_centralizable(g):
         return g
-    axes = normalize_axes(axes, tuple(g.shape), path)
     if fan_in_size(g.shape, axes) == 1:
         # One entry per unit: GC would zero the gradient and freeze the leaf.
         return g
@@ -50,17 +48,17 @@ def centralize_leaf(g: Any, axes: Axes, *, path: str = "<array>") -> Any:
 
 def _leaf_axes(
     flat: list[tuple[tuple, Any]],
-    reduction_axes: ReductionAxes,
-    updates: optax.Updates,
-) -> list[Axes]:
-    """Each leaf's axes from the user's spec, checked against its shape."""
-    spec = reduction_axes
-    if is_function(reduction_axes, is_leaf=is_axes_spec):
-        spec = reduction_axes(updates)
-    entries = match_leaves(spec, flat, name="reduction_axes", is_leaf=is_axes_spec)
+    entries: list[tuple[tuple | None, Any]],
+    *,
+    conv_only: bool,
+) -> list[tuple[int, ...] | None]:
+    """Each leaf's axes from its spec entry, checked against its shape.
+
+    With ``conv_only`` a leaf of rank <= 3 gets ``None``, after the check.
+    """
     pairs = list(zip(flat, entries, strict=True))
     arrays_under = Counter(e for (_, g), (e, _) in pairs if not is_void(g))
-    axes: list[Axes] = []
+    axes: list[tuple[int, ...] | None] = []
     for (path, g), (entry, a) in pairs:
         if a is None or entry is None or is_void(g):
             axes.append(None)
@@ -73,7 +71,8 @@ def _leaf_axes(
             )
         # Checked on every leaf, even one GC then leaves alone (an integer
         # leaf, or a low-rank one under conv_only), so a typo cannot hide.
-        axes.append(normalize_axes(a, np.shape(g), keyname(path)))
+        checked = normalize_axes(a, np.shape(g), keyname(path))
+        axes.append(None if conv_only and np.ndim(g) <= 3 else checked)
     return axes
 
 
@@ -84,23 +83,23 @@ def _centralize_tree(
     layout: Layout,
     conv_only: bool,
 ) -> optax.Updates:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_void)
-    ranks = [len(getattr(g, "shape", ())) for _, g in flat]
-    axes: list[Axes]
+    axes: list[tuple[int, ...] | None]
     if reduction_axes is None:
-        axes = [layout_axes(r, layout=layout, conv_only=conv_only) for r in ranks]
-    else:
-        axes = _leaf_axes(flat, reduction_axes, updates)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_void)
         axes = [
-            None if conv_only and r <= 3 else a
-            for a, r in zip(axes, ranks, strict=True)
+            layout_axes(
+                len(getattr(g, "shape", ())), layout=layout, conv_only=conv_only
+            )
+            for _, g in flat
         ]
+    else:
+        flat, treedef, entries = resolve(
+            reduction_axes, updates, name="reduction_axes", is_leaf=is_axes_spec
+        )
+        axes = _leaf_axes(flat, entries, conv_only=conv_only)
     return jax.tree.unflatten(
         treedef,
-        [
-            centralize_leaf(g, a, path=keyname(p))
-            for (p, g), a in zip(flat, axes, strict=True)
-        ],
+        [centralize_leaf(g, a) for (_, g), a in zip(flat, axes, strict=True)],
     )
 
 
@@ -238,12 +237,8 @@ def _checked_mask(mask: Any) -> Callable[[Any], Any]:
     """
 
     def build(tree: Any) -> Any:
-        mask_tree = mask
-        if is_function(mask, is_leaf=lambda x: x is None):
-            mask_tree = mask(tree)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_void)
-        entries = match_leaves(
-            mask_tree, flat, name="mask", is_leaf=lambda x: x is None
+        flat, treedef, entries = resolve(
+            mask, tree, name="mask", is_leaf=lambda x: x is None
         )
         for (path, leaf), (entry, m) in zip(flat, entries, strict=True):
             if m is None and entry is not None:

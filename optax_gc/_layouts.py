@@ -243,7 +243,7 @@ def is_boxed_in(entry: tuple, path: tuple) -> bool:
     return long[: len(short)] == short and _is_box_path(long[len(short) :])
 
 
-def match_leaves(
+def _match_leaves(
     spec: Any,
     flat_tree: list[tuple[tuple, Any]],
     *,
@@ -342,3 +342,22 @@ def match_leaves(
                 f"{keyname(q)}, which is not in the params. {fix}"
             )
     return values
+
+
+def resolve(
+    option: Any, tree: Any, *, name: str, is_leaf: Callable[[Any], bool]
+) -> tuple[list[tuple[tuple, Any]], Any, list[tuple[tuple | None, Any]]]:
+    """Resolves a tree-or-function option against ``tree``, leaf by leaf.
+
+    Calls ``option`` on ``tree`` if it is a function (see :func:`is_function`),
+    flattens ``tree`` with :func:`is_void` leaves and matches the two.
+
+    Returns:
+      ``(flat, treedef, entries)``: ``tree`` as ``(key_path, leaf)`` pairs,
+      its treedef, and for each leaf its governing ``(entry_path, value)`` as
+      in :func:`_match_leaves`.
+    """
+    if is_function(option, is_leaf=is_leaf):
+        option = option(tree)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_void)
+    return flat, treedef, _match_leaves(option, flat, name=name, is_leaf=is_leaf)
