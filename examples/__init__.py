@@ -1,0 +1,1 @@
+"""Examples for optax-gc; run them as modules from the repository root."""

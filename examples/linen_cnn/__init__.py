@@ -1,0 +1,1 @@
+"""Flax linen example: the article's CNN trained with Gradient Centralization."""

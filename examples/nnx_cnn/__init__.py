@@ -1,0 +1,1 @@
+"""Flax NNX example: the article's CNN trained with Gradient Centralization."""

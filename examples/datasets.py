@@ -1,0 +1,497 @@
+"""Image classification data for the examples, offline first.
+
+Three datasets, all as ``(N, H, W, C)`` float32 images in ``[0, 1]`` and int32
+labels:
+
+* ``digits``: the 1,797 8x8 digits bundled with scikit-learn. No files, no
+  network: the default, so every example runs on a fresh machine.
+* ``fashion_mnist`` and ``mnist``: 28x28 images in the IDX format of the
+  original distributions (``train-images-idx3-ubyte.gz`` and its three
+  siblings, gzipped or not).
+
+Where :func:`load` looks for IDX files, in order:
+
+1. ``data_dir``, when given (an error if the files are not all there);
+2. the directory of the Debian/Ubuntu package, if there is one
+   (``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST in
+   ``/usr/share/datasets/fashion-mnist/``; Debian ships no MNIST package);
+3. the cache directory, ``$XDG_CACHE_HOME/optax_gc/<name>`` (default
+   ``~/.cache/optax_gc/<name>``), filled by earlier downloads;
+4. a download from the dataset's canonical location (when ``download``),
+   each file checked against its published SHA-256 before it is moved into
+   the cache.
+
+Files found in 1 and 2 are parsed and validated (IDX header, shapes, label
+range) but not hashed: they may be gzipped differently or not at all (the
+Debian package's ``.gz`` files hold the same data as the upstream ones but
+differ from them in their gzip headers), or be a user's own IDX data. Files in
+the cache came from a download and are hashed on every load.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import tempfile
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Dataset(NamedTuple):
+    """A train/test split of an image classification dataset.
+
+    Attributes:
+        name: The dataset's name, one of :data:`DATASETS`.
+        train_images: ``(N, H, W, C)`` float32 in ``[0, 1]``.
+        train_labels: ``(N,)`` int32 in ``[0, num_classes)``.
+        test_images: Like ``train_images``.
+        test_labels: Like ``train_labels``.
+        num_classes: How many classes there are.
+        source: Where the data came from: ``"scikit-learn load_digits"`` or a
+            directory path.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    source: str
+
+
+DATASETS = ("digits", "fashion_mnist", "mnist")
+
+# The four IDX files of an MNIST-style dataset, in Dataset field order.
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+# Where each IDX dataset is downloaded from, and the SHA-256 of each file
+# there. Both sets are the published checksums of the canonical .gz files,
+# listed by TensorFlow Datasets, torchvision's mirrors and many projects that
+# pin them; the Fashion-MNIST ones go with the MD5 sums its README gives.
+# The Debian package's files do not match them byte for byte: each is
+# len(name) + 1 bytes shorter, the gzip header's file-name field, and holds
+# the same compressed data.
+URLS = {
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
+}
+SHA256: dict[str, dict[str, str]] = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": (
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+        ),
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+        ),
+    },
+}
+
+# Debian/Ubuntu packages that ship a dataset: package name and directory.
+# (`apt-cache search mnist` lists only dataset-fashion-mnist.)
+DEBIAN_PACKAGES: dict[str, tuple[str, str]] = {
+    "fashion_mnist": ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist"),
+}
+
+# IDX type codes (the third byte of the magic number) and their big-endian
+# NumPy dtypes.
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def load(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Dataset:
+    """Loads a dataset by name, from local files first (see the module doc).
+
+    Args:
+        name: One of :data:`DATASETS`.
+        data_dir: A directory holding the four IDX files (``.gz`` or not).
+            When given it is the only place looked at. Ignored for
+            ``digits``.
+        cache_dir: Where downloads go and are looked for; default
+            :func:`default_cache_dir` of ``name``.
+        download: Whether to download the files when they are nowhere local.
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        ValueError: For an unknown ``name``, a malformed IDX file, or a
+            download whose SHA-256 does not match (the file is deleted).
+        FileNotFoundError: When the files are in none of the places looked at
+            and cannot be downloaded; the message says what to install or
+            pass.
+
+    Example:
+        >>> from examples import datasets
+        >>> data = datasets.load("digits")
+        >>> data.train_images.shape, data.test_images.shape, data.num_classes
+        ((1438, 8, 8, 1), (359, 8, 8, 1), 10)
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
+    if name == "digits":
+        return load_digits()
+    directory = find_idx_dir(
+        name, data_dir=data_dir, cache_dir=cache_dir, download=download
+    )
+    return load_idx_dir(name, directory)
+
+
+def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits, split after a seeded shuffle.
+
+    The 1,797 images (pixel values 0..16) are scaled by 1/16 to ``[0, 1]``.
+    With the defaults, the last ``int(1797 * 0.2) = 359`` images of a
+    permutation drawn with ``np.random.default_rng(0)`` are the test set and
+    the other 1,438 the training set, the split ``examples/demo.py`` uses.
+
+    Args:
+        test_fraction: Fraction of the images held out for testing.
+        seed: Seed of the permutation.
+
+    Returns:
+        The :class:`Dataset`, images ``(N, 8, 8, 1)``.
+    """
+    # Imported here: scikit-learn is only needed for this dataset.
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int32)
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    train, test = np.split(perm, [len(labels) - int(len(labels) * test_fraction)])
+    return Dataset(
+        name="digits",
+        train_images=images[train],
+        train_labels=labels[train],
+        test_images=images[test],
+        test_labels=labels[test],
+        num_classes=10,
+        source="scikit-learn load_digits",
+    )
+
+
+def default_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/optax_gc/<name>``, or ``~/.cache/optax_gc/<name>``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "optax_gc" / name
+
+
+def idx_files(directory: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
+    """The IDX files present in ``directory`` and the names of those missing.
+
+    Each of :data:`IDX_FILES` may be there gzipped (``<name>.gz``, preferred)
+    or raw (``<name>``).
+
+    Returns:
+        ``(found, missing)``: a dict from each found name in :data:`IDX_FILES`
+        to its path, and the names not found.
+    """
+    found, missing = {}, []
+    for stem in IDX_FILES:
+        for candidate in (Path(directory) / f"{stem}.gz", Path(directory) / stem):
+            if candidate.is_file():
+                found[stem] = candidate
+                break
+        else:
+            missing.append(stem)
+    return found, missing
+
+
+def find_idx_dir(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Path:
+    """The directory that holds ``name``'s IDX files, downloading if need be.
+
+    Args and errors as in :func:`load`.
+
+    Returns:
+        ``data_dir``, the Debian directory or the cache directory.
+    """
+    if data_dir is not None:
+        _, missing = idx_files(data_dir)
+        if missing:
+            raise FileNotFoundError(
+                f"data_dir {os.fspath(data_dir)!r} lacks the {name} file(s) "
+                f"{', '.join(f'{m}[.gz]' for m in missing)}. Put the four IDX "
+                f"files there ({', '.join(IDX_FILES)}, gzipped or not), or "
+                "leave data_dir unset to use the Debian package, the cache or "
+                "a download."
+            )
+        return Path(data_dir)
+    looked = []
+    if name in DEBIAN_PACKAGES:
+        debian_dir = Path(DEBIAN_PACKAGES[name][1])
+        if not idx_files(debian_dir)[1]:
+            return debian_dir
+        looked.append(f"{debian_dir} (Debian package {DEBIAN_PACKAGES[name][0]})")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(name)
+    looked.append(f"{cache} (download cache)")
+    try:
+        return _fill_cache(name, cache, download=download)
+    except _UnavailableError as e:
+        raise FileNotFoundError(_not_found_message(name, looked, str(e))) from e
+
+
+def load_idx_dir(name: str, directory: str | os.PathLike) -> Dataset:
+    """Reads and validates the four IDX files of ``directory``.
+
+    Images must be uint8 ``(N, H, W)``, labels uint8 ``(N,)`` in ``0..9``,
+    the counts must agree; images are scaled by 1/255 and given a channel
+    axis.
+
+    Raises:
+        ValueError: For malformed files or inconsistent shapes, naming the
+            file.
+    """
+    found, missing = idx_files(directory)
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}[.gz].")
+    arrays = {stem: read_idx(path) for stem, path in found.items()}
+    num_classes = 10
+    out: list[np.ndarray] = []
+    for images_stem, labels_stem in (IDX_FILES[:2], IDX_FILES[2:]):
+        images, labels = arrays[images_stem], arrays[labels_stem]
+        if images.dtype != np.uint8 or images.ndim != 3:
+            raise ValueError(
+                f"{found[images_stem]}: expected uint8 images of shape (N, H, W), "
+                f"got {images.dtype} {images.shape}."
+            )
+        if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"{found[labels_stem]}: expected uint8 labels of shape "
+                f"({len(images)},) to match {found[images_stem].name}, got "
+                f"{labels.dtype} {labels.shape}."
+            )
+        if labels.size and labels.max() >= num_classes:
+            raise ValueError(
+                f"{found[labels_stem]}: label {labels.max()} is out of range "
+                f"0..{num_classes - 1}."
+            )
+        out += [
+            (images.astype(np.float32) / np.float32(255.0))[..., None],
+            labels.astype(np.int32),
+        ]
+    train_images, train_labels, test_images, test_labels = out
+    return Dataset(
+        name=name,
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=num_classes,
+        source=os.fspath(directory),
+    )
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads one IDX file, gzipped or raw (told apart by its first bytes).
+
+    The IDX format: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B
+    int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions
+    ``d``, then ``d`` big-endian uint32 sizes and the data, big-endian, in C
+    order.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The array, in native byte order.
+
+    Raises:
+        ValueError: If the file is not gzip-readable when gzipped, has a bad
+            magic number or type code, or its data size does not match its
+            header, naming the file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "x-idx2-ubyte"
+        >>> _ = f.write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, *range(6)]))
+        >>> read_idx(f)
+        array([[0, 1, 2],
+               [3, 4, 5]], dtype=uint8)
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # the gzip magic number
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(
+                f"{path}: gzip data is corrupt or truncated ({e}). Delete the "
+                "file and fetch it again."
+            ) from e
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"{path}: not an IDX file: magic number {raw[:4].hex() or 'missing'} "
+            "(expected 0000 then a type code in "
+            f"{sorted(f'{c:02x}' for c in _IDX_DTYPES)} and the rank)."
+        )
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(
+            f"{path}: IDX header of rank {ndim} needs {header} bytes; the file "
+            f"has {len(raw)}. It is truncated: fetch it again."
+        )
+    shape = tuple(int(n) for n in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: IDX header says {dtype} of shape {shape}, {expected} bytes "
+            f"of data, but the file holds {len(raw) - header}. It is truncated "
+            "or not an IDX file: fetch it again."
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: str | os.PathLike, *, sha256: str) -> Path:
+    """Downloads ``url`` to ``dest`` if, and only if, its SHA-256 matches.
+
+    The data goes to a temporary file next to ``dest``, is hashed while it is
+    written, and is renamed onto ``dest`` only when the hash matches, so
+    ``dest`` never holds a partial or wrong file.
+
+    Args:
+        url: What to fetch (any scheme ``urllib`` opens, ``file://`` too).
+        dest: Where to put it; its directory is created.
+        sha256: The expected SHA-256, hex.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ValueError: If the SHA-256 differs (nothing is kept).
+        OSError: If the download fails (nothing is kept).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256.lower():
+            raise ValueError(
+                f"SHA-256 mismatch for {url}: got {digest.hexdigest()}, expected "
+                f"{sha256}. The download was deleted. The server or a proxy "
+                "served different data; try again later or get the files "
+                "another way (see the data_dir option)."
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+class _UnavailableError(Exception):
+    """The files are not in the cache and cannot be downloaded (the reason)."""
+
+
+def _fill_cache(name: str, cache: Path, *, download: bool) -> Path:
+    """``cache`` with every file checked, downloading what is missing or bad."""
+    checksums: Mapping[str, str] = SHA256[name]
+    for filename, sha256 in checksums.items():
+        path = cache / filename
+        if path.is_file():
+            if sha256_of(path) == sha256:
+                continue
+            path.unlink()  # corrupt or foreign: never parse it
+            if not download:
+                raise _UnavailableError(
+                    f"the cached {path} had the wrong SHA-256 and was deleted; "
+                    "downloading is turned off"
+                )
+        elif not download:
+            raise _UnavailableError("not in the cache, and downloading is turned off")
+        url = URLS[name] + filename
+        try:
+            download_file(url, path, sha256=sha256)
+        except (OSError, http.client.HTTPException) as e:
+            raise _UnavailableError(f"downloading {url} failed: {e}") from e
+    return cache
+
+
+def _not_found_message(name: str, looked: list[str], reason: str) -> str:
+    """What was tried for ``name`` and the ways to make it available."""
+    apt = []  # Debian ships no MNIST package
+    if name in DEBIAN_PACKAGES:
+        package, directory = DEBIAN_PACKAGES[name]
+        apt = [f"  - sudo apt-get install {package} (Debian/Ubuntu; into {directory})"]
+    files = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES)
+    return "\n".join(
+        [
+            f"Dataset {name!r} not found.",
+            *(f"  Looked in: {place}" for place in looked),
+            f"  Download: {reason}.",
+            "To fix, do one of:",
+            *apt,
+            f"  - pass the directory holding {files} as data_dir "
+            "(--data-dir DIR for examples/compare.py, --config.data_dir=DIR "
+            "for the Flax examples)",
+            f"  - download it (download=True, the default; needs network access "
+            f"to {URLS[name]})",
+            "  - or use the bundled scikit-learn digits (dataset 'digits').",
+        ]
+    )
