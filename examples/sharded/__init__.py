@@ -1,0 +1,1 @@
+"""Sharded example: data-parallel + FSDP training with GC over a device mesh."""

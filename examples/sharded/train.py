@@ -1,0 +1,596 @@
+"""Data-parallel + FSDP training of the example CNN with Gradient Centralization.
+
+The batch is split over every device of a ``(data, fsdp)`` mesh, and each
+large kernel, with its optimizer state, is stored sharded over ``"fsdp"``
+along its largest divisible axis. The whole train step (forward, backward,
+``optax_gc.centralize()`` and the optimizer) is one ``jax.jit`` with explicit
+in/out shardings; XLA's SPMD partitioner inserts the collectives. GC needs
+nothing sharding-specific: it is a pure function of the gradients, and for a
+kernel sharded along a fan-in axis XLA reduces each block in place and
+all-reduces only the per-output means (``collectives.py`` reads that from
+the compiled HLO).
+
+Trained again from the same seed on one device with no mesh, the params agree
+to float32 rounding until the reordered sums drift apart as any two float32
+runs do (README.md); ``train_and_evaluate`` measures it after every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_gc
+from examples import datasets
+from examples.nnx_cnn.models import CNN
+
+AXES = ("data", "fsdp")
+
+# ------------------------------------------------------------- sharding
+
+
+def make_mesh(mesh_shape: tuple[int, int]) -> Mesh:
+    """A ``(data, fsdp)`` mesh over the first ``data * fsdp`` devices.
+
+    The axes are ``Auto``: XLA propagates the input shardings through the
+    model, so the model code carries no sharding annotations.
+
+    Args:
+      mesh_shape: ``(data, fsdp)`` sizes.
+
+    Returns:
+      The mesh.
+
+    Raises:
+      ValueError: if the process has fewer devices than the mesh needs.
+    """
+    n = math.prod(mesh_shape)
+    if jax.device_count() < n:
+        raise ValueError(
+            f"mesh_shape {tuple(mesh_shape)} needs {n} devices, this process has "
+            f"{jax.device_count()}. On CPU set XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={n} before jax is imported "
+            "(main.py does), or pass a smaller --config.mesh_shape."
+        )
+    return jax.make_mesh(
+        tuple(mesh_shape),
+        AXES,
+        axis_types=(AxisType.Auto,) * len(AXES),
+        devices=jax.devices()[:n],
+    )
+
+
+def fsdp_spec(shape: tuple[int, ...], *, fsdp_size: int, min_size: int) -> P:
+    """Shards a leaf over ``"fsdp"`` along its largest axis divisible by it.
+
+    Leaves of fewer than ``min_size`` elements, and those with no divisible
+    axis, are replicated. On a tie the later axis wins: for a Flax kernel
+    that is the output axis, which GC centralizes with no communication.
+
+    Args:
+      shape: the leaf's shape.
+      fsdp_size: the size of the mesh's ``"fsdp"`` axis.
+      min_size: leaves with fewer elements are replicated.
+
+    Returns:
+      The leaf's ``PartitionSpec``.
+
+    Example:
+      >>> fsdp_spec((512, 10), fsdp_size=2, min_size=1024)  # Dense 512 -> 10
+      P('fsdp', None)
+      >>> fsdp_spec((3, 3, 32, 64), fsdp_size=2, min_size=1024)
+      P(None, None, None, 'fsdp')
+      >>> fsdp_spec((512,), fsdp_size=2, min_size=1024)  # a bias: small
+      P()
+    """
+    if math.prod(shape) < min_size:
+        return P()
+    divisible = [a for a, d in enumerate(shape) if d % fsdp_size == 0]
+    if not divisible:
+        return P()
+    axis = max(divisible, key=lambda a: (shape[a], a))
+    return P(*("fsdp" if a == axis else None for a in range(len(shape))))
+
+
+def param_specs(params: Any, *, fsdp_size: int, min_size: int) -> Any:
+    """A ``PartitionSpec`` for every leaf of ``params`` (see ``fsdp_spec``)."""
+    return jax.tree.map(
+        lambda x: fsdp_spec(x.shape, fsdp_size=fsdp_size, min_size=min_size), params
+    )
+
+
+def leaf_name(path: tuple) -> str:
+    """``dense2/kernel`` for an ``nnx.State`` key path (``.value`` left out)."""
+    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def named_specs(specs: Any) -> dict[str, P]:
+    """``{"dense2/kernel": PartitionSpec(...), ...}`` from a tree of specs."""
+    flat = jax.tree_util.tree_leaves_with_path(
+        specs, is_leaf=lambda s: isinstance(s, P)
+    )
+    return {leaf_name(path): spec for path, spec in flat}
+
+
+def shard_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global batch as one array sharded over the mesh.
+
+    Every process holds the same global batch (same data, same seeded order)
+    and hands over only the rows its own devices hold, as
+    ``jax.make_array_from_process_local_data`` expects; on one host that is
+    all of them. A pipeline that loads a per-host shard passes it directly.
+    """
+    rows = [
+        i[0].indices(len(x))
+        for i in sharding.addressable_devices_indices_map(x.shape).values()
+    ]
+    start, stop = min(r[0] for r in rows), max(r[1] for r in rows)
+    return jax.make_array_from_process_local_data(sharding, x[start:stop], x.shape)
+
+
+# ------------------------------------------------------------ the model
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The configured optimizer, with ``optax_gc.centralize()`` ahead of it.
+
+    Args:
+      config: ``optimizer`` ("sgd" or "adam"), ``learning_rate``,
+        ``momentum`` (SGD; 0 or None for none), ``gc`` and ``conv_only``.
+
+    Returns:
+      ``optax.chain(optax_gc.centralize(...), optimizer)``, or the optimizer
+      alone if ``config.gc`` is False.
+    """
+    if config.optimizer == "sgd":
+        tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
+    elif config.optimizer == "adam":
+        tx = optax.adam(config.learning_rate)
+    else:
+        raise ValueError(f"config.optimizer={config.optimizer!r}: use 'sgd' or 'adam'.")
+    if config.gc:
+        return optax.chain(optax_gc.centralize(conv_only=config.conv_only), tx)
+    return tx
+
+
+class Model(NamedTuple):
+    """The CNN as pytrees a ``jax.jit`` can take.
+
+    Attributes:
+      graphdef: the static structure (``nnx.split``).
+      params: the ``nnx.Param`` leaves (arrays or ``jax.ShapeDtypeStruct``).
+      rest: everything else: the dropout RNG key and counter.
+    """
+
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    rest: nnx.State
+
+
+def _cnn(
+    config: ml_collections.ConfigDict, input_shape: tuple[int, ...], classes: int
+) -> CNN:
+    return CNN(
+        tuple(input_shape),
+        classes,
+        dropout_rate=config.dropout_rate,
+        rngs=nnx.Rngs(config.seed),
+    )
+
+
+def abstract_model(
+    config: ml_collections.ConfigDict, input_shape: tuple[int, ...], classes: int
+) -> Model:
+    """The example CNN's structure and shapes; no array is allocated."""
+    abstract = nnx.eval_shape(lambda: _cnn(config, input_shape, classes))
+    return Model(*nnx.split(abstract, nnx.Param, ...))
+
+
+def init_model(
+    config: ml_collections.ConfigDict,
+    input_shape: tuple[int, ...],
+    classes: int,
+    *,
+    params_sharding: Any,
+    rest_sharding: Any,
+) -> tuple[nnx.State, nnx.State]:
+    """The params and the rest, initialised from ``config.seed`` in place.
+
+    Initialised under ``jax.jit`` straight into their shardings (a sharding
+    or a tree of them): no host ever holds the whole model, which is what
+    several hosts need, and the values are the same on any mesh.
+    """
+
+    def init() -> tuple[nnx.State, nnx.State]:
+        _, params, rest = nnx.split(_cnn(config, input_shape, classes), nnx.Param, ...)
+        return params, rest
+
+    return jax.jit(init, out_shardings=(params_sharding, rest_sharding))()
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+) -> Callable[..., Any]:
+    """The pure train step.
+
+    Returns:
+      ``step(params, opt_state, rest, x, y) -> (params, opt_state, rest,
+      loss)``: one optimizer step on the mean cross-entropy, with dropout.
+    """
+
+    def train_step(params: Any, opt_state: Any, rest: Any, x: jax.Array, y: jax.Array):
+        def loss_fn(model: nnx.Module) -> jax.Array:
+            return _cross_entropy(model(x), y).mean()
+
+        model = nnx.merge(graphdef, params, rest)
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, nnx.state(model, nnx.Not(nnx.Param)), loss
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[..., Any]:
+    """The pure eval step, without dropout.
+
+    Returns:
+      ``step(params, rest, x, y, weight) -> (loss, accuracy)``, both
+      averaged with ``weight`` (0 for padding rows).
+    """
+
+    def eval_step(
+        params: Any, rest: Any, x: jax.Array, y: jax.Array, weight: jax.Array
+    ):
+        model = nnx.view(nnx.merge(graphdef, params, rest), deterministic=True)
+        logits = model(x)
+        total = weight.sum()
+        loss = (_cross_entropy(logits, y) * weight).sum() / total
+        correct = (logits.argmax(-1) == y).astype(weight.dtype)
+        return loss, (correct * weight).sum() / total
+
+    return eval_step
+
+
+class Shardings(NamedTuple):
+    """Where every input of the train step lives on the mesh."""
+
+    params: Any
+    opt_state: Any
+    rest: Any
+    batch: NamedSharding
+    replicated: NamedSharding
+
+
+def make_shardings(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    model: Model,
+    tx: optax.GradientTransformation,
+) -> Shardings:
+    """FSDP params, optimizer state like the params, batch over all devices.
+
+    Args:
+      config: ``min_shard_size``.
+      mesh: a ``(data, fsdp)`` mesh.
+      model: the split model.
+      tx: the optimizer whose state is laid out.
+
+    Returns:
+      The shardings; counters, empty states and the RNG state are replicated.
+    """
+    specs = param_specs(
+        model.params, fsdp_size=mesh.shape["fsdp"], min_size=config.min_shard_size
+    )
+    params = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    replicated = NamedSharding(mesh, P())
+    # Each params-shaped part of the state (SGD momentum, Adam's moments) gets
+    # the params' shardings.
+    opt_state = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        jax.eval_shape(tx.init, model.params),
+        params,
+        transform_non_params=lambda _: replicated,
+    )
+    return Shardings(
+        params=params,
+        opt_state=opt_state,
+        rest=jax.tree.map(lambda _: replicated, model.rest),
+        batch=NamedSharding(mesh, P(AXES)),
+        replicated=replicated,
+    )
+
+
+def jit_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    shardings: Shardings | None,
+) -> Any:
+    """The jitted train step, with explicit in/out shardings on a mesh.
+
+    With ``shardings=None`` it is a plain ``jax.jit`` for one device. Params
+    and optimizer state are donated: updated in place.
+    """
+    step = make_train_step(graphdef, tx)
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0, 1))
+    s = shardings
+    return jax.jit(
+        step,
+        in_shardings=(s.params, s.opt_state, s.rest, s.batch, s.batch),
+        out_shardings=(s.params, s.opt_state, s.rest, s.replicated),
+        donate_argnums=(0, 1),
+    )
+
+
+# ------------------------------------------------------------- training
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator:
+    """A seeded permutation each epoch; the ragged last batch is dropped."""
+    perm = rng.permutation(n)
+    for i in range(n // batch_size):
+        yield perm[i * batch_size : (i + 1) * batch_size]
+
+
+def _padded(
+    x: np.ndarray, y: np.ndarray, multiple: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x``, ``y`` padded to a multiple of ``multiple`` rows, and row weights."""
+    pad = -len(y) % multiple
+    weight = np.concatenate([np.ones(len(y)), np.zeros(pad)]).astype(np.float32)
+    return (
+        np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
+        np.concatenate([y, np.zeros(pad, y.dtype)]),
+        weight,
+    )
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of a tree's arrays, whole even where other hosts hold shards."""
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    data: datasets.Dataset,
+    mesh: Mesh | None,
+    *,
+    keep_epoch_params: bool = False,
+) -> dict[str, Any]:
+    """Trains from ``config.seed`` on ``mesh`` (``None``: one device, no mesh).
+
+    The same seed gives the same initialisation, dropout masks (jax's
+    threefry RNG gives the same bits however an array is sharded) and batch
+    order on any mesh.
+
+    Args:
+      config: see ``configs/default.py``.
+      data: the data set.
+      mesh: a ``(data, fsdp)`` mesh, or ``None``.
+      keep_epoch_params: also return the params after every epoch.
+
+    Returns:
+      A dict: ``params0`` and ``params`` (initial and final, host NumPy),
+      ``epoch_params`` (if kept), ``step_losses``, ``history`` (per epoch),
+      ``initial_train_loss``, ``train_loss``, ``train_accuracy``,
+      ``test_loss``, ``test_accuracy``, ``seconds`` (the training loop,
+      compilation included) and ``devices``.
+    """
+    x_train, y_train = data.train_images, data.train_labels
+    if config.train_limit is not None:
+        x_train, y_train = x_train[: config.train_limit], y_train[: config.train_limit]
+    if len(y_train) < config.batch_size:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is larger than the "
+            f"{len(y_train)} training images; lower it or raise train_limit."
+        )
+    n_dev = 1 if mesh is None else mesh.size
+    if config.batch_size % n_dev:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be a multiple of the "
+            f"{n_dev} mesh devices it is split over."
+        )
+    input_shape = x_train.shape[1:]
+    model = abstract_model(config, input_shape, data.num_classes)
+    tx = make_optimizer(config)
+    shardings = None if mesh is None else make_shardings(config, mesh, model, tx)
+    train_step = jit_train_step(model.graphdef, tx, shardings)
+    eval_step = jax.jit(make_eval_step(model.graphdef))
+
+    put_batch: Callable[[np.ndarray], jax.Array]
+    if shardings is None:
+        device = jax.local_devices()[0]
+        params_at = rest_at = opt_state_at = SingleDeviceSharding(device)
+
+        def put_batch(x: np.ndarray) -> jax.Array:
+            return jax.device_put(x, device)
+    else:
+        params_at, rest_at = shardings.params, shardings.rest
+        opt_state_at = shardings.opt_state
+
+        def put_batch(x: np.ndarray) -> jax.Array:
+            return shard_batch(x, shardings.batch)
+
+    params, rest = init_model(
+        config,
+        input_shape,
+        data.num_classes,
+        params_sharding=params_at,
+        rest_sharding=rest_at,
+    )
+    # out_shardings: a jitted init that only makes zeros would otherwise put
+    # them on one device.
+    opt_state = jax.jit(tx.init, out_shardings=opt_state_at)(params)
+
+    def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        # Padded with zero-weight rows so any set splits evenly over devices.
+        loss, acc = eval_step(params, rest, *map(put_batch, _padded(x, y, n_dev)))
+        return float(loss), float(acc)
+
+    params0 = to_host(params)
+    initial_train_loss, _ = evaluate(x_train, y_train)
+    rng = np.random.default_rng(config.seed)
+    losses: list[float] = []
+    history, epoch_params = [], []
+    start = time.perf_counter()
+    for epoch in range(1, config.num_epochs + 1):
+        epoch_losses = []
+        for idx in _batches(len(y_train), config.batch_size, rng):
+            x, y = put_batch(x_train[idx]), put_batch(y_train[idx])
+            params, opt_state, rest, loss = train_step(params, opt_state, rest, x, y)
+            epoch_losses.append(loss)
+        losses += [float(v) for v in epoch_losses]
+        test_loss, test_acc = evaluate(data.test_images, data.test_labels)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses[-len(epoch_losses) :])),
+                "test_loss": test_loss,
+                "test_accuracy": test_acc,
+            }
+        )
+        if keep_epoch_params:
+            epoch_params.append(to_host(params))
+    seconds = time.perf_counter() - start
+    train_loss, train_acc = evaluate(x_train, y_train)
+    return {
+        "params0": params0,
+        "params": to_host(params),
+        "epoch_params": epoch_params,
+        "step_losses": losses,
+        "history": history,
+        "initial_train_loss": initial_train_loss,
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "seconds": seconds,
+        "devices": n_dev,
+    }
+
+
+def kernel_changes(params0: Any, params: Any) -> dict[str, dict[str, float]]:
+    """How far each kernel moved, and how far its fan-in weight sums moved.
+
+    Computed in float64 from the float32 weights (Flax layout: the fan-in is
+    every axis but the last). GC with SGD, with or without momentum and
+    without weight decay, keeps the sums where they started, to rounding.
+
+    Returns:
+      ``{"weight": {kernel: largest |change of a weight|}, "fan_in_sum":
+      {kernel: largest |change of an output unit's fan-in weight sum|}}``.
+    """
+    out: dict[str, dict[str, float]] = {"weight": {}, "fan_in_sum": {}}
+    flat0 = jax.tree_util.tree_leaves_with_path(params0)
+    for (path, w0), w in zip(flat0, jax.tree.leaves(params), strict=True):
+        if w0.ndim >= 2:
+            d = np.asarray(w, np.float64) - np.asarray(w0, np.float64)
+            sums = d.sum(tuple(range(d.ndim - 1)))
+            out["weight"][leaf_name(path)] = float(np.abs(d).max())
+            out["fan_in_sum"][leaf_name(path)] = float(np.abs(sums).max())
+    return out
+
+
+def max_difference(a: Any, b: Any) -> dict[str, float]:
+    """The largest absolute and relative difference between two trees.
+
+    Relative: a leaf's largest absolute difference over its largest
+    ``|value|`` in ``b``, maximised over leaves.
+    """
+    abs_diff, rel_diff = 0.0, 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        d = float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max())
+        abs_diff = max(abs_diff, d)
+        rel_diff = max(rel_diff, d / max(float(np.abs(y).max()), 1e-30))
+    return {"max_abs": abs_diff, "max_rel": rel_diff}
+
+
+def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
+    """The configured data set (see ``examples/datasets.py``)."""
+    return datasets.load(config.dataset, data_dir=config.data_dir)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Any]:
+    """Trains on the ``config.mesh_shape`` mesh and evaluates on the test set.
+
+    With ``config.compare_single_device`` it trains again from the same seed
+    on one device with no mesh and compares the params after every epoch.
+
+    Args:
+      config: see ``configs/default.py``.
+      workdir: directory for ``metrics.json`` (created if missing; written
+        by process 0 only).
+
+    Returns:
+      What it writes to ``metrics.json``: the mesh, each param's
+      ``PartitionSpec``, final losses and accuracies, the per-epoch history,
+      per-step losses, each kernel's ``weight_change`` and
+      ``fan_in_sum_change`` (see ``kernel_changes``), and (if compared)
+      ``single_device``: its test accuracy, the largest difference of the
+      step losses and, per epoch, of the params (``max_abs``, ``max_rel``).
+    """
+    data = load_data(config)
+    mesh = make_mesh(tuple(config.mesh_shape))
+    compare = config.compare_single_device
+    sharded = train(config, data, mesh, keep_epoch_params=compare)
+    metrics: dict[str, Any] = {
+        k: v
+        for k, v in sharded.items()
+        if k not in ("params0", "params", "epoch_params")
+    }
+    metrics["config"] = config.to_dict()
+    metrics["mesh"] = dict(mesh.shape)
+    metrics["data_source"] = data.source
+    specs = param_specs(
+        sharded["params0"], fsdp_size=mesh.shape["fsdp"], min_size=config.min_shard_size
+    )
+    metrics["param_specs"] = {k: list(v) for k, v in named_specs(specs).items()}
+    changes = kernel_changes(sharded["params0"], sharded["params"])
+    metrics["weight_change"] = changes["weight"]
+    metrics["fan_in_sum_change"] = changes["fan_in_sum"]
+    if compare:
+        single = train(config, data, None, keep_epoch_params=True)
+        loss_diff = np.subtract(sharded["step_losses"], single["step_losses"])
+        metrics["single_device"] = {
+            "test_accuracy": single["test_accuracy"],
+            "seconds": single["seconds"],
+            "max_abs_loss": float(np.abs(loss_diff).max()),
+            "per_epoch": [
+                {"epoch": i + 1, **max_difference(a, b)}
+                for i, (a, b) in enumerate(
+                    zip(sharded["epoch_params"], single["epoch_params"], strict=True)
+                )
+            ],
+        }
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
