@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
+from examples.nnx_cnn.models import max_pool
+
 
 class CNN(nn.Module):
     """Conv 16/32/64 (3x3, each followed by 2x2 max-pooling), dropout, Dense 512.
@@ -47,7 +49,7 @@ class CNN(nn.Module):
             x = nn.relu(nn.Conv(features, kernel_size=(3, 3), name=f"conv{i}")(x))
             # 2x2 pools; an axis down to 1 (small inputs) is left as it is.
             window = (_window(x.shape[1]), _window(x.shape[2]))
-            x = nn.max_pool(x, window_shape=window, strides=window)
+            x = max_pool(x, window)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         x = dropout(x.reshape(x.shape[0], -1))
         x = dropout(nn.relu(nn.Dense(512, name="dense1")(x)))

@@ -1,0 +1,232 @@
+"""examples/compare.py trains for real on tiny settings, and its numbers add up.
+
+One run of `main` (digits, 2 seeds, 2 epochs of 16 steps, SGD and Adam) feeds
+most tests; a second (RMSprop, one seed, GC on the update of conv kernels
+only, three held-out evaluations per epoch) covers the other branch of the
+GC-active check and evaluations within an epoch. Summary numbers are recomputed here from the
+per-run records and from the CSV, independently of compare.py's helpers.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import optax_gc
+from examples import compare
+
+# optax's adam/rmsprop count arithmetic is not strict-promotion safe.
+pytestmark = pytest.mark.standard_promotion
+
+T975_DOF1 = 12.706204736174705  # Student t, 97.5% quantile, 1 degree of freedom
+T975_DOF2 = 4.302652729749464  # ... 2 degrees of freedom
+
+
+def run_main(argv):
+    out = io.StringIO()
+    # The module fixture runs before the per-test promotion fixture; say so.
+    with contextlib.redirect_stdout(out), jax.numpy_dtype_promotion("standard"):
+        res = compare.main(argv)
+    return res, out.getvalue()
+
+
+# 2 epochs of 16 steps; learning rates above the defaults so that 32 steps
+# are enough to see learning.
+TINY = ["--dataset", "digits", "--seeds", "2", "--epochs", "2", "--batch-size", "32"]
+TINY += ["--train-limit", "512", "--test-limit", "128", "--no-progress"]
+TINY += ["--lr-sgd", "0.05", "--lr-adam", "3e-3", "--lr-rmsprop", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    res, text = run_main([*TINY, "--optimizers", "sgd,adam", "--out", str(out)])
+    return res, text, out
+
+
+@pytest.fixture(scope="module")
+def run_update(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare_update")
+    argv = [*TINY, "--optimizers", "rmsprop", "--seeds", "1", "--out", str(out)]
+    argv += ["--apply-to", "update", "--conv-only", "--evals-per-epoch", "3"]
+    return run_main(argv)
+
+
+def test_writes_all_files_and_they_parse(run):
+    _, _, out = run
+    data = json.loads((out / "results.json").read_text())
+    assert data["summary"].keys() == {"sgd", "adam"}
+    res, _, _ = run
+    assert data["summary"] == json.loads(json.dumps(res["summary"]))
+    assert data["command"].startswith("python -m examples.compare --dataset digits")
+    assert data["config"]["seeds"] == 2
+    assert data["environment"]["jax"] == jax.__version__
+    assert data["environment"]["cpu_count"] >= 1
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 2 * 2  # optimizers x arms x seeds x epochs
+    assert {(r["optimizer"], r["arm"], r["seed"], r["epoch"]) for r in rows} == {
+        (o, a, s, e)
+        for o in ("sgd", "adam")
+        for a in ("gc", "baseline")
+        for s in "01"
+        for e in ("1.0", "2.0")
+    }
+    for r in rows:
+        assert 0 <= float(r["test_acc"]) <= 1 and float(r["train_time_s"]) > 0
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    md = (out / "summary.md").read_text()
+    assert "| test accuracy |" in md and md.count("GC active: yes") == 2
+
+
+def test_trains_above_chance(run):
+    res, _, _ = run
+    assert len(res["runs"]) == 8
+    for r in res["runs"]:
+        first, last = r["evals"]
+        # From chance (loss ln 10 = 2.30, accuracy 0.1), 32 steps reach
+        # train losses of 1.9-2.2 and test accuracies of 0.34-0.75.
+        assert math.isfinite(last["train_loss"])
+        assert last["train_loss"] < first["train_loss"] < 2.6
+        assert 0.2 < last["test_acc"] <= 1.0
+
+
+def test_both_arms_of_a_seed_start_from_the_same_state(run):
+    res, _, _ = run
+    sums = {
+        (r["optimizer"], r["seed"], r["arm"]): r["init_checksum"] for r in res["runs"]
+    }
+    assert len(sums) == 8
+    for name in ("sgd", "adam"):
+        for seed in (0, 1):
+            assert sums[name, seed, "gc"] == sums[name, seed, "baseline"]
+        assert sums[name, 0, "gc"] != sums[name, 1, "gc"]
+    assert sums["sgd", 0, "gc"] == sums["adam", 0, "gc"]
+
+
+def test_summary_matches_the_per_seed_records_and_the_csv(run):
+    res, _, out = run
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for name, s in res["summary"].items():
+        per_seed = {}
+        for arm in ("gc", "baseline"):
+            mine = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["optimizer"] == name
+                    and r["arm"] == arm
+                    and r["epoch"] == "2.0"
+                ),
+                key=lambda r: int(r["seed"]),
+            )
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                v = np.array([float(r[key]) for r in mine])
+                stat = s["arms"][arm][key]
+                assert stat["mean"] == pytest.approx(v.mean(), rel=1e-6)
+                assert stat["std"] == pytest.approx(v.std(ddof=1), rel=1e-6, abs=1e-12)
+                per_seed[arm, key] = v
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            d = per_seed["gc", key] - per_seed["baseline", key]
+            ci = s["difference"][key]
+            assert ci["mean"] == pytest.approx(d.mean(), rel=1e-6, abs=1e-12)
+            half = T975_DOF1 * d.std(ddof=1) / math.sqrt(2)
+            assert ci["ci_low"] == pytest.approx(d.mean() - half, abs=1e-9)
+            assert ci["ci_high"] == pytest.approx(d.mean() + half, abs=1e-9)
+            assert ci["ci_low"] <= ci["mean"] <= ci["ci_high"]
+
+
+def test_gc_active_measures_what_gc_produced(run):
+    res, text, _ = run
+    for name in ("sgd", "adam"):
+        check = res["summary"][name]["gc_active"]
+        assert check["active"] == "yes"
+        assert check["measured"] == "the gradient entering the optimizer"
+        assert len(check["targeted_kernels"]) == 5
+        assert check["gc_max"] < 1e-5  # float32 rounding
+        assert check["baseline_max"] > 1e-2
+        per = check["per_kernel"]
+        for k in check["targeted_kernels"]:
+            assert per["gc"]["received"][k] < 1e-5, k
+            assert per["baseline"]["received"][k] > 1e-4, k
+    # SGD with momentum is linear, so its applied step stays centred; Adam
+    # divides each entry by its own scale, so its step is not centred even
+    # with GC: that is why the check looks at the optimizer's input.
+    sgd = res["summary"]["sgd"]["gc_active"]["per_kernel"]["gc"]["applied"]
+    adam = res["summary"]["adam"]["gc_active"]["per_kernel"]["gc"]["applied"]
+    assert max(sgd.values()) < 1e-5
+    assert max(adam.values()) > 1e-3
+    assert text.count("GC active: yes") == 2
+    assert "adam rescales each entry after GC" in text
+
+
+def test_gc_on_update_of_conv_kernels_only(run_update):
+    res, text = run_update
+    check = res["summary"]["rmsprop"]["gc_active"]
+    assert check["active"] == "yes"
+    assert check["measured"] == "the applied update"
+    assert check["targeted_kernels"] == ["conv1/kernel", "conv2/kernel", "conv3/kernel"]
+    assert check["gc_max"] < 1e-5 and check["baseline_max"] > 1e-3
+    # conv_only: the Dense kernels are left alone, so their steps are not centred.
+    applied = check["per_kernel"]["gc"]["applied"]
+    assert applied["dense1/kernel"] > 1e-3 and applied["dense2/kernel"] > 1e-3
+    assert "GC on the update of conv kernels only" in text
+    # One seed: no interval, and the table says so instead of inventing one.
+    assert res["summary"]["rmsprop"]["difference"]["test_acc"]["ci_low"] is None
+    assert "[n/a]" in text
+
+
+def test_evals_within_epochs(run_update):
+    res, text = run_update
+    (run,) = [r for r in res["runs"] if r["arm"] == "gc"]
+    # 16 steps per epoch in 3 segments: 5, 5 and 6 steps.
+    assert [e["step"] for e in run["evals"]] == [5, 11, 16, 21, 27, 32]
+    assert [e["epoch"] for e in run["evals"]] == pytest.approx(
+        [5 / 16, 11 / 16, 1, 1 + 5 / 16, 1 + 11 / 16, 2]
+    )
+    assert len(run["epoch_time_s"]) == 2
+    assert sum(run["epoch_time_s"]) == pytest.approx(
+        sum(e["train_time_s"] for e in run["evals"])
+    )
+    assert "the last 1/3 epoch's batches" in text
+
+
+@pytest.mark.skipif(not hasattr(optax_gc, "adam"), reason="no recipes in optax_gc")
+def test_gc_arm_equals_the_package_recipe(run, run_update):
+    for res in (run[0], run_update[0]):
+        for s in res["summary"].values():
+            check = s["recipe_check"]
+            assert check["recipe"].startswith("optax_gc.")
+            assert check["max_relative_difference"] <= 1e-9
+
+
+def test_paired_ci_and_verdict_by_hand():
+    ci = compare.paired_ci([1.0, 2.0, 3.0])  # mean 2, sample std 1
+    half = T975_DOF2 / math.sqrt(3)
+    assert ci["mean"] == 2.0
+    assert ci["ci_low"] == pytest.approx(2 - half) and ci["ci_high"] == pytest.approx(
+        2 + half
+    )
+    assert compare.verdict(ci, higher_is_better=True) == (
+        "no significant difference at 95%"
+    )
+    tight = compare.paired_ci([0.010, 0.011, 0.012])
+    assert compare.verdict(tight, higher_is_better=True) == "GC better"
+    assert compare.verdict(tight, higher_is_better=False) == "GC worse"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--optimizers", "adagrad"], ["--seeds", "0"], ["--apply-to", "both"]],
+)
+def test_bad_options_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(argv)
+    assert "error" in capsys.readouterr().err
