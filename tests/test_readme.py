@@ -35,6 +35,8 @@ def test_ci_runs_the_readme_test_command():
     assert commands[0] in ci
 
 
-def test_readme_main_command_runs_the_demo():
-    assert any(b.strip().endswith("python examples/demo.py") for b in _blocks("bash"))
-    assert (ROOT / "examples" / "demo.py").exists()
+def test_readme_main_command_runs_the_comparison():
+    assert any(
+        b.strip().endswith("python examples/compare.py") for b in _blocks("bash")
+    )
+    assert (ROOT / "examples" / "compare.py").exists()
