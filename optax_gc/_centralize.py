@@ -26,15 +26,6 @@ from ._layouts import (
     resolve,
 )
 
-# On XLA:CPU the column sums of a kernel (its means over leading, fan-in
-# axes) take less CPU time as a matrix-vector product with a ones vector than
-# as a reduction, which XLA:CPU hands to a library that is slow on columns,
-# most of all on a busy machine. The product is compiled into a kernel of its
-# own (~15-30 ms each, a reduction ~0.5 ms), so it is kept to the kernels
-# where each step gains the most: at least this many entries (4 MiB of
-# float32). ``None`` turns it off. Numbers: benchmarks/README.md.
-GEMV_MIN_SIZE: int | None = 1 << 20
-
 
 def centralize_leaf(g: Any, axes: tuple[int, ...] | None) -> Any:
     """Subtracts from ``g`` its mean over ``axes`` (one mean per other index).
@@ -42,62 +33,26 @@ def centralize_leaf(g: Any, axes: tuple[int, ...] | None) -> Any:
     ``axes`` are already checked and normalized (sorted, >= 0). Leaves that GC
     must not touch (non-float, rank 0, zero-size, ``axes`` of ``None``, a
     fan-in of one entry) come back as they are. Half-precision means are taken
-    in float32 and the result is cast back to ``g``'s dtype; other dtypes
-    keep their own.
+    in float32 and the result is cast back to ``g``'s dtype; other dtypes keep
+    their own (float32 is not widened).
 
-    Under ``jit`` this is one read of ``g`` for the sums, and a subtraction
-    that XLA fuses into whatever consumes the result (the optimizer's own
-    elementwise pass), so no centralized copy of ``g`` is materialized.
+    Under ``jit`` this costs one extra read of ``g`` (the reduction); XLA
+    fuses the subtraction into whatever consumes the result, such as the
+    optimizer's own elementwise pass, so no centralized copy of ``g`` is
+    written. A matrix-vector product with a ones vector was measured as the
+    alternative on XLA:CPU and not kept: see benchmarks/README.md.
     """
     if axes is None or not is_centralizable(g):
         return g
-    m = fan_in_size(g.shape, axes)
-    if m == 1:
+    if fan_in_size(g.shape, axes) == 1:
         # One entry per unit: GC would zero the gradient and freeze the leaf.
         return g
     # Half-precision sums lose the mean; accumulate those in float32.
     acc = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype
-    kept = tuple(d for d in range(g.ndim) if d not in axes)
-    means = jax.lax.broadcast_in_dim(_fan_in_sums(g, axes, acc) / m, g.shape, kept)
+    mean = jnp.mean(g, axis=axes, keepdims=True, dtype=acc)
     if acc == g.dtype:
-        return g - means
-    return (g.astype(acc) - means).astype(g.dtype)
-
-
-def _fan_in_sums(g: jax.Array, axes: tuple[int, ...], acc: Any) -> jax.Array:
-    """The sums of ``g`` over ``axes``, in dtype ``acc``: one per kept index."""
-    if _use_gemv(g, axes, acc):
-        # ones(fan-in) . g: the (M, N) unfolding's column sums as one
-        # streaming matrix-vector product. No reshape, so a kernel sharded
-        # along a fan-in axis is still reduced in place by the partitioner.
-        ones = jnp.ones(tuple(g.shape[a] for a in axes), g.dtype)
-        return jax.lax.dot_general(
-            ones,
-            g,
-            ((tuple(range(len(axes))), axes), ((), ())),
-            precision=jax.lax.Precision.HIGHEST,
-            preferred_element_type=acc,
-        )
-    return jnp.sum(g, axis=axes, dtype=acc)
-
-
-def _use_gemv(g: jax.Array, axes: tuple[int, ...], acc: Any) -> bool:
-    """Whether :func:`_fan_in_sums` takes the matrix-vector product."""
-    return (
-        GEMV_MIN_SIZE is not None
-        and g.size >= GEMV_MIN_SIZE
-        # Leading fan-in axes (Flax, Haiku, Keras kernels): column sums, the
-        # slow case. Trailing ones are row sums, which reduce at full speed.
-        and axes == tuple(range(len(axes)))
-        and len(axes) < g.ndim
-        # Real float32/float64 only: a half-precision product would first
-        # write a float32 copy of g, and complex sums need no help.
-        and acc == g.dtype
-        and jnp.issubdtype(g.dtype, jnp.floating)
-        # Other backends reduce columns at full speed (and a reduction there
-        # keeps its precision, where a dot's default might not).
-        and jax.default_backend() == "cpu"
-    )
+        return g - mean
+    return (g.astype(acc) - mean).astype(g.dtype)
 
 
 def _leaf_axes(
