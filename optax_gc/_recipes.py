@@ -218,6 +218,17 @@ def sgdw(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.sgdw(0.1, momentum=0.9, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -356,6 +367,17 @@ def adamw(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.adamw(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -415,6 +437,17 @@ def nadam(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.nadam(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return adam(
         learning_rate,
@@ -469,6 +502,17 @@ def nadamw(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.nadamw(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return adamw(
         learning_rate,
@@ -521,6 +565,17 @@ def adagrad(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.adagrad(0.1, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -586,6 +641,17 @@ def rmsprop(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.rmsprop(1e-4, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     scale = optax.scale_by_stddev if centered else optax.scale_by_rms
     return _recipe(
@@ -642,6 +708,17 @@ def adamax(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.adamax(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -688,6 +765,17 @@ def adamaxw(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.adamaxw(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -741,6 +829,17 @@ def radam(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.radam(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -803,6 +902,17 @@ def lamb(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.lamb(1e-3, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
@@ -855,6 +965,17 @@ def lion(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_gc
+      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> tx = optax_gc.lion(1e-4, apply_to="update")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
+      >>> bool(jnp.abs(col_sums).max() < 1e-6)
+      True
     """
     return _recipe(
         learning_rate,
