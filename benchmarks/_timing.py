@@ -112,3 +112,18 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def fmt_ratio(s: dict[str, float] | None) -> str:
+    """A ratio summary as "median (min-max)", or "-" when absent."""
+    if s is None:
+        return "-"
+    return f"{s['median']:.3f} ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def fmt_compile(r: dict[str, Any], name: str) -> str:
+    """Compile seconds "bare / name (median ratio)", or "-" when not measured."""
+    if "compile_s" not in r or name not in r["compile_s"]:
+        return "-"
+    c = r["compile_s"]
+    return f"{c['bare']:.2f} / {c[name]:.2f} ({r['compile_ratio'][name]['median']:.2f})"

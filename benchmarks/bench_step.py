@@ -140,17 +140,6 @@ def bench_one(
     return result
 
 
-def _fmt_ratio(s: dict[str, float]) -> str:
-    return f"{s['median']:.3f} ({s['min']:.2f}-{s['max']:.2f})"
-
-
-def _fmt_compile(r: dict[str, Any]) -> str:
-    if "compile_s" not in r:
-        return "-"
-    c = r["compile_s"]
-    return f"{c['bare']:.2f} / {c['gc']:.2f} ({r['compile_ratio']['gc']['median']:.2f})"
-
-
 def table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
@@ -163,9 +152,10 @@ def table(results: list[dict[str, Any]]) -> str:
         ms, wall = r["time_ms"]["wall"], r["ratio"]["wall"]
         lines.append(
             f"| {r['optimizer']} | {ms['bare']:.2f} | {ms['gc']:.2f} "
-            f"| {_fmt_ratio(wall['gc'])} | {_fmt_ratio(r['ratio']['cpu']['gc'])} "
-            f"| {_fmt_ratio(wall['optax_c']) if 'optax_c' in wall else '-'} "
-            f"| {_fmt_compile(r)} "
+            f"| {_timing.fmt_ratio(wall['gc'])} "
+            f"| {_timing.fmt_ratio(r['ratio']['cpu']['gc'])} "
+            f"| {_timing.fmt_ratio(wall['optax_c']) if 'optax_c' in wall else '-'} "
+            f"| {_timing.fmt_compile(r, 'gc')} "
             f"| {(r['temp_bytes']['gc'] - r['temp_bytes']['bare']) / 1e3:.1f} |"
         )
     return "\n".join(lines)

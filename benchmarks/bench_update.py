@@ -198,19 +198,6 @@ def bench_one(
     return result
 
 
-def _fmt_ratio(s: dict[str, float] | None) -> str:
-    if s is None:
-        return "-"
-    return f"{s['median']:.3f} ({s['min']:.2f}-{s['max']:.2f})"
-
-
-def _fmt_compile(r: dict[str, Any], name: str) -> str:
-    if "compile_s" not in r or name not in r["compile_s"]:
-        return "-"
-    c = r["compile_s"]
-    return f"{c['bare']:.2f} / {c[name]:.2f} ({r['compile_ratio'][name]['median']:.2f})"
-
-
 def table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (one row per tree, optimizer, variant)."""
     head = (
@@ -230,9 +217,9 @@ def table(results: list[dict[str, Any]]) -> str:
             ]
             lines.append(
                 f"| {r['tree']} | {r['optimizer']} | {name} | {ms['bare']:.1f} "
-                f"| {ms[name]:.1f} | {_fmt_ratio(wall[name])} "
-                f"| {_fmt_ratio(cpu[name])} | {r['bound']:.3f} "
-                f"| {ba[name] / ba['bare']:.3f} | {_fmt_compile(r, name)} "
+                f"| {ms[name]:.1f} | {_timing.fmt_ratio(wall[name])} "
+                f"| {_timing.fmt_ratio(cpu[name])} | {r['bound']:.3f} "
+                f"| {ba[name] / ba['bare']:.3f} | {_timing.fmt_compile(r, name)} "
                 f"| {extra[0]:.2f} / {extra[1]:.2f} |"
             )
     return "\n".join(lines)
