@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._checks import check_bool, mask_value_error, static_hint
 from ._layouts import (
     Layout,
     ReductionAxes,
@@ -19,6 +20,7 @@ from ._layouts import (
     is_axes_spec,
     is_boxed_in,
     is_centralizable,
+    is_function,
     is_void,
     keyname,
     layout_axes,
@@ -135,7 +137,14 @@ def centralize(
       Conv ``(kh, kw, in, out)``) every leaf of rank >= 2 is averaged over all
       axes but the last. With ``"channels_first"`` (PyTorch, Equinox) over all
       axes but the first, the axes :func:`optax.centralize` uses. Leaves of
-      rank 0 and 1 (biases, norm scales) pass through.
+      rank 0 and 1 (biases, norm scales) pass through. The rule sees ranks,
+      not layers: it is wrong on attention kernels, embeddings and
+      **stacked layers** (``nnx.scan``/``nnx.vmap``/``nn.scan``/``nn.vmap``
+      stacks, ensembles, experts), whose kernels ``(L, in, out)`` it
+      averages over ``(L, in)`` and whose biases ``(L, out)`` and norm
+      scales ``(L, d)`` it centralizes across layers. Give those
+      ``reduction_axes`` (:func:`optax_gc.flax.fan_in_axes` finds them), or
+      ``jax.vmap`` the update over the stack axis.
     * ``reduction_axes`` given: it decides every leaf and ``layout`` is not
       consulted (it is still validated). Use it for kernels no single-axis
       rule fits, e.g. Flax attention kernels ``(in, heads, head_dim)`` whose
@@ -176,14 +185,17 @@ def centralize(
         Axes must be static Python ints.
       mask: a tree of bools like the params (or a prefix of it), or a
         callable that builds one; only ``True`` leaves are centralized.
-        Matched by key path like ``reduction_axes``.
+        Matched by key path like ``reduction_axes``. Values must be bools
+        (Python, NumPy or a concrete 0-d bool array), one per leaf.
 
     Returns:
       A stateless :class:`optax.GradientTransformationExtraArgs` (extra
       keyword arguments to ``update`` are accepted and ignored).
 
     Raises:
-      ValueError: for an unknown ``layout`` (at construction); at
+      TypeError: for a ``conv_only`` that is not a bool (at construction).
+      ValueError: for an unknown ``layout`` or a mask entry that is not a
+        bool (at construction; a traced one says to use ``static_args``); at
         ``update`` (naming the leaf's key path and shape): for axes that are
         not ints, out of range, empty or repeated, axes given to a whole
         subtree, and a ``reduction_axes``/``mask`` tree that does not match
@@ -211,6 +223,9 @@ def centralize(
       ECCV 2020.
     """
     check_layout(layout)
+    check_bool("conv_only", conv_only)
+    if mask is not None:
+        check_mask_entries(mask, name="mask", action="centralize it")
 
     def init_fn(params: optax.Params) -> optax.EmptyState:
         del params
@@ -231,10 +246,46 @@ def centralize(
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     if mask is None:
         return tx
-    return optax.masked(tx, _checked_mask(mask))
+    return optax.masked(tx, checked_mask(mask, name="mask", action="centralize it"))
 
 
-def _checked_mask(mask: Any) -> Callable[[Any], Any]:
+def check_mask_entries(mask: Any, *, name: str, action: str) -> None:
+    """Checks a mask's values at construction, naming the entry.
+
+    A mask that is a function is checked when it is called (see
+    :func:`checked_mask`); a tree is checked here, before any params exist.
+
+    Raises:
+      ValueError: for a JAX array (or tracer) given as the whole mask (a
+        callable mask under ``optax.inject_hyperparams`` is taken for a
+        schedule and arrives as its value), or an entry that is not one bool.
+    """
+    if isinstance(mask, jax.Array):
+        raise ValueError(
+            f"{name} is an array ({mask!r}), not a tree of bools or a function "
+            f"of the params. {static_hint(name)}"
+        )
+    if is_function(mask, is_leaf=lambda x: x is None):
+        return
+    flat = jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_mask_entry)[0]
+    for path, value in flat:
+        if value is None:
+            continue  # None is refused (or ignored) where it meets the params
+        error = mask_value_error(
+            name, value, f"its entry {keyname(path)}", action=action
+        )
+        if error is not None:
+            raise error
+
+
+def _is_mask_entry(x: Any) -> bool:
+    # None, and a tuple of numbers (axes given to a mask): one entry each.
+    return x is None or (
+        isinstance(x, tuple) and bool(x) and all(isinstance(a, int) for a in x)
+    )
+
+
+def checked_mask(mask: Any, *, name: str, action: str) -> Callable[[Any], Any]:
     """A mask callable for :func:`optax.masked`, laid out like the updates.
 
     The user's mask may be a prefix of the params, match them by key path
@@ -247,15 +298,22 @@ def _checked_mask(mask: Any) -> Callable[[Any], Any]:
 
     def build(tree: Any) -> Any:
         flat, treedef, entries = resolve(
-            mask, tree, name="mask", is_leaf=lambda x: x is None
+            mask, tree, name=name, is_leaf=lambda x: x is None
         )
         for (path, leaf), (entry, m) in zip(flat, entries, strict=True):
-            if m is None and entry is not None:
+            if entry is None:
+                continue  # a void leaf no entry reaches
+            where = f"leaf {keyname(path)} of shape {getattr(leaf, 'shape', None)}"
+            if m is None:
                 raise ValueError(
-                    f"mask gives None to {keyname(entry)}, over leaf "
-                    f"{keyname(path)} of shape {getattr(leaf, 'shape', None)}. "
-                    "Give True (centralize) or False (leave alone)."
+                    f"{name} gives None to {keyname(entry)}, over {where}. "
+                    f"Give True ({action}) or False (leave it alone)."
                 )
-        return jax.tree.unflatten(treedef, [bool(m) for _, m in entries])
+            error = mask_value_error(name, m, where, action=action)
+            if error is not None:
+                raise error
+        return jax.tree.unflatten(
+            treedef, [e is not None and bool(m) for e, m in entries]
+        )
 
     return build

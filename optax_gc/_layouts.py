@@ -135,7 +135,9 @@ def is_axes_spec(x: Any) -> bool:
 
 
 def _is_number(a: Any) -> bool:
-    return isinstance(a, (int, float, np.number, np.bool_))
+    # Arrays (and tracers) too, so that a traced axis reaches normalize_axes
+    # and is refused there with a message, instead of being taken for a tree.
+    return isinstance(a, (int, float, np.number, np.bool_, jax.Array))
 
 
 def _is_int(a: Any) -> bool:
@@ -162,7 +164,9 @@ def normalize_axes(spec: Any, shape: tuple[int, ...], path: str) -> tuple[int, .
             hint = " A tree of bools is a mask: pass it as mask=."
         elif isinstance(spec, list):
             hint = " Use a tuple, not a list."
-        elif isinstance(spec, jax.core.Tracer):
+        elif isinstance(spec, jax.Array) or (
+            isinstance(spec, tuple) and any(isinstance(a, jax.Array) for a in spec)
+        ):
             hint = (
                 " Axes must be static Python ints: with optax.inject_hyperparams,"
                 " list reduction_axes in static_args."

@@ -1,36 +1,48 @@
 """The paper's GC optimizers, as plain chains of optax pieces.
 
-Each recipe takes its optax namesake's hyperparameters and puts
-:func:`optax_gc.centralize` where the authors' reference optimizers put GC,
-relative to weight decay and to the optimizer's own statistics. Every recipe
-is built by :func:`_recipe` from four lists, so the order is stated once:
+Each recipe is a drop-in for its optax namesake: the same parameters with the
+same names, positions, kinds and defaults (``mask`` is the weight-decay mask,
+as in :func:`optax.adamw`), then GC's own options, keyword-only (``gc_mask``,
+``conv_only``, ``apply_to``, ``layout``, ``reduction_axes``). Every recipe is
+built by :func:`_recipe` from the same slots, so the order is stated once:
 
-* ``apply_to="gradient"`` (the paper's ``X_GC``)::
+* coupled decay (``SGD_GC``, ``Adam_GC``: L2 added to the gradient)::
 
-      coupled decay -> GC -> statistics -> decoupled decay -> learning rate
+      decay -> GC(gradient) -> statistics -> GC(update) -> learning rate
 
-* ``apply_to="update"`` (the authors' ``Adam_GC2``/``AdamW_GC2``, Ranger's
-  ``gc_loc=False``)::
+* decoupled decay (``SGDW_GC``, ``AdamW_GC``)::
 
-      coupled decay -> statistics -> decoupled decay -> GC -> learning rate
+      GC(gradient) -> statistics -> decay -> GC(update) -> learning rate
 
-"Coupled" decay is PyTorch's ``weight_decay`` (L2 added to the gradient:
-``SGD_GC``, ``Adam_GC``, ``Adagrad_GC``); "decoupled" is AdamW's
-(``SGDW_GC``, ``AdamW_GC``). With GC on the update, decoupled decay is
-inside the centralized step, as in ``AdamW_GC2``. GC is always applied
-before the learning rate so that schedules and ``inject_hyperparams`` see
-the same step optax would produce.
+``apply_to="gradient"`` (the paper's ``X_GC``) centralizes in the first GC
+slot, ``apply_to="update"`` (the authors' ``Adam_GC2``/``AdamW_GC2``,
+Ranger's ``gc_loc=False``) in the second; the other slot is GC masked off
+everywhere. Both slots and the decay are always there, so the optimizer
+state has the same tree structure whatever the values of ``weight_decay``
+(``0`` included), ``mask``, ``gc_mask``, ``apply_to`` and the GC options: a
+checkpoint saved with one restores with another, and ``opt_state[i]`` means
+the same stage. GC is always applied before the learning rate so that
+schedules and ``inject_hyperparams`` see the step optax would produce.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from ._centralize import centralize
+from ._centralize import centralize, check_mask_entries, checked_mask
+from ._checks import (
+    check_bool,
+    check_nesterov,
+    check_number,
+    check_unit_interval,
+    static_hint,
+)
 from ._layouts import Layout, ReductionAxes
 
 ApplyTo = Literal["gradient", "update"]
@@ -53,65 +65,156 @@ def _is_zero(value: Any) -> bool:
     """Whether ``value`` is a Python or NumPy number equal to zero.
 
     Arrays and schedules are never "zero" here: under ``inject_hyperparams``
-    the decay arrives as an array and must stay in the chain.
+    the decay arrives as an array and must be applied.
     """
     return (
         isinstance(value, int | float) and not isinstance(value, bool) and (value == 0)
     )
 
 
+def _check_recipe_mask(name: str, mask: Any, *, action: str) -> None:
+    """A recipe's ``mask``/``gc_mask``: a tree of bools or a function of one.
+
+    A bare bool is refused: ``True`` is the default (``None``) and ``False``
+    turns the stage off everywhere. It is also what a callable mask turns
+    into under ``optax.inject_hyperparams`` without ``static_args`` (taken
+    for a schedule, it is called with the step count), which must not pass
+    silently.
+    """
+    if isinstance(mask, bool) or (
+        isinstance(mask, jax.Array)
+        and not isinstance(mask, jax.core.Tracer)
+        and mask.shape == ()
+    ):
+        raise ValueError(
+            f"{name}={mask!r} is one bool for the whole tree. Give None (every "
+            "leaf), a tree of bools like the params, or a function of the "
+            f"params that builds one. If you passed a function through "
+            f"optax.inject_hyperparams, it was taken for a schedule: "
+            f"{static_hint(name)}"
+        )
+    check_mask_entries(mask, name=name, action=action)
+
+
+def _decay_stage(weight_decay: optax.ScalarOrSchedule, mask: Any) -> Any:
+    """``add_decayed_weights`` under ``mask``, present even at zero decay.
+
+    At a concrete zero it does nothing (and needs no params), but keeps its
+    place and state in the chain; the mask is still checked at ``init``.
+    """
+    inner = optax.masked(
+        optax.add_decayed_weights(weight_decay),
+        checked_mask(True if mask is None else mask, name="mask", action="decay it"),
+    )
+    if not _is_zero(weight_decay):
+        return inner
+
+    def update_fn(
+        updates: optax.Updates, state: Any, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, Any]:
+        del params
+        return updates, state
+
+    return optax.GradientTransformation(inner.init, update_fn)
+
+
 def _recipe(
+    recipe: str,
     learning_rate: optax.ScalarOrSchedule,
     statistics: Sequence[optax.GradientTransformation],
     *,
     weight_decay: optax.ScalarOrSchedule,
-    weight_decay_mask: Any,
+    mask: Any,
     decay: _DecayKind,
-    apply_to: ApplyTo,
+    namesake_decays: bool,
+    weight_decay_mask: Any,
+    gc_mask: Any,
     conv_only: bool,
+    apply_to: ApplyTo,
     layout: Layout,
     reduction_axes: ReductionAxes | None,
-    mask: Any,
     after_decay: Sequence[optax.GradientTransformation] = (),
     after_lr: Sequence[optax.GradientTransformation] = (),
 ) -> optax.GradientTransformationExtraArgs:
     """Chains GC, decay and an optimizer's pieces in the reference order.
 
-    ``after_decay`` follows the decoupled decay (LAMB's trust ratio, which
-    scales the decayed step); ``after_lr`` follows the learning rate (optax's
-    RMSprop momentum).
+    ``namesake_decays``: whether the optax namesake has a ``weight_decay``
+    (and a ``mask``) of its own. ``after_decay`` follows the decoupled decay
+    (LAMB's trust ratio, the authors' AdamW step size); ``after_lr`` follows
+    the learning rate (optax's RMSprop momentum).
     """
     _check_apply_to(apply_to)
-    gc = centralize(
-        conv_only=conv_only, layout=layout, reduction_axes=reduction_axes, mask=mask
+    check_number("learning_rate", learning_rate, allow_schedule=True)
+    check_number("weight_decay", weight_decay, allow_schedule=True)
+    if weight_decay_mask is not None:
+        if mask is not None:
+            raise TypeError(
+                f"optax_gc.{recipe} got both mask and weight_decay_mask; they are "
+                "the same option (the decay's mask). Pass mask= only."
+            )
+        warnings.warn(
+            "weight_decay_mask is deprecated since optax-gc 0.2.0 and will be "
+            "removed in 0.3.0: the decay's mask is now mask=, as in optax (GC's "
+            "own mask is gc_mask=).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        mask = weight_decay_mask
+    if mask is not None:
+        _check_recipe_mask("mask", mask, action="decay it")
+        if not namesake_decays and _is_zero(weight_decay):
+            raise ValueError(
+                f"optax_gc.{recipe} got mask= with weight_decay={weight_decay!r}. "
+                "Since optax-gc 0.2.0 mask is the weight-decay mask (as in "
+                "optax.adamw), so with no decay it would do nothing. To choose "
+                "which leaves GC touches, pass gc_mask=; to decay, give a "
+                "weight_decay."
+            )
+    if gc_mask is not None:
+        _check_recipe_mask("gc_mask", gc_mask, action="centralize it")
+    gc = centralize(conv_only=conv_only, layout=layout, reduction_axes=reduction_axes)
+    on = checked_mask(
+        True if gc_mask is None else gc_mask, name="gc_mask", action="centralize it"
     )
-    decayed = (
-        []
-        if _is_zero(weight_decay)
-        else [optax.add_decayed_weights(weight_decay, weight_decay_mask)]
+    off = checked_mask(False, name="gc_mask", action="centralize it")
+    gc_gradient = optax.masked(gc, on if apply_to == "gradient" else off)
+    gc_update = optax.masked(gc, off if apply_to == "gradient" else on)
+    decayed = _decay_stage(weight_decay, mask)
+    coupled = [decayed] if decay == "coupled" else []
+    decoupled = [decayed] if decay == "decoupled" else []
+    return optax.chain(
+        *coupled,
+        gc_gradient,
+        *statistics,
+        *decoupled,
+        *after_decay,
+        gc_update,
+        optax.scale_by_learning_rate(learning_rate),
+        *after_lr,
     )
-    coupled = decayed if decay == "coupled" else []
-    decoupled = decayed if decay == "decoupled" else []
-    parts: list[optax.GradientTransformation] = [*coupled]
-    if apply_to == "gradient":
-        parts += [gc, *statistics, *decoupled, *after_decay]
-    else:
-        parts += [*statistics, *decoupled, *after_decay, gc]
-    parts += [optax.scale_by_learning_rate(learning_rate), *after_lr]
-    return optax.chain(*parts)
 
 
 def _momentum(
-    momentum: float | jax.Array | None, nesterov: bool, accumulator_dtype: Any
-) -> list[optax.GradientTransformation]:
-    """PyTorch-style heavy ball: the buffer starts as the first gradient."""
+    momentum: Any, nesterov: bool, accumulator_dtype: Any
+) -> optax.GradientTransformation:
+    """PyTorch-style heavy ball: the buffer starts as the first gradient.
+
+    Without momentum an identity holds its place, as in :func:`optax.sgd`.
+    """
+    check_number("momentum", momentum, allow_none=True)
+    check_nesterov(nesterov, momentum)
     if momentum is None:
-        return []
-    return [
-        optax.trace(
-            decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype
-        )
-    ]
+        return optax.identity()
+    return optax.trace(
+        decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype
+    )
+
+
+def _check_adam(b1: Any, b2: Any, eps: Any, eps_root: Any = 0.0) -> None:
+    check_unit_interval("b1", b1)
+    check_unit_interval("b2", b2)
+    check_number("eps", eps)
+    check_number("eps_root", eps_root)
 
 
 def sgd(
@@ -121,12 +224,13 @@ def sgd(
     accumulator_dtype: Any | None = None,
     *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD with Gradient Centralization: the authors' ``SGD_GC``.
 
@@ -138,26 +242,30 @@ def sgd(
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.sgd`.
-      momentum: heavy-ball momentum, or ``None`` for none.
-      nesterov: Nesterov momentum.
+      momentum: heavy-ball momentum (``>= 0``), or ``None`` for none.
+      nesterov: Nesterov momentum (needs a momentum).
       accumulator_dtype: dtype of the momentum buffer (default: the params').
-      weight_decay: coupled L2 decay, added to the gradient before GC.
-      weight_decay_mask: which leaves decay, as ``mask`` of
-        :func:`optax.add_decayed_weights` (default: all, as PyTorch).
+      weight_decay: coupled L2 decay (``>= 0``), added to the gradient before
+        GC, as PyTorch's ``weight_decay``.
+      mask: which leaves decay, as ``mask`` of :func:`optax.adamw` (default:
+        all, as PyTorch). Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches, as ``mask`` of
+        :func:`optax_gc.centralize`.
       conv_only: centralize only conv kernels (rank > 3), the paper's GCC.
       apply_to: ``"gradient"`` (the paper) or ``"update"`` (GC on the step).
         Without weight decay the two are equal for SGD: GC is linear.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches, see :func:`optax_gc.centralize` (not the
-        decay's mask: that is ``weight_decay_mask``).
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
+    Raises:
+      TypeError, ValueError: for a wrong hyperparameter or option, naming it.
+
     Example:
       >>> import jax.numpy as jnp
-      >>> import optax
       >>> import optax_gc
       >>> params = {"kernel": jnp.ones((2, 2))}
       >>> grads = {"kernel": jnp.array([[1.0, 2.0], [3.0, 6.0]])}
@@ -168,16 +276,19 @@ def sgd(
              [-0.5, -1. ]], dtype=float32)
     """
     return _recipe(
+        "sgd",
         learning_rate,
-        _momentum(momentum, nesterov, accumulator_dtype),
+        [_momentum(momentum, nesterov, accumulator_dtype)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="coupled",
-        apply_to=apply_to,
+        namesake_decays=False,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )
 
 
@@ -188,33 +299,36 @@ def sgdw(
     accumulator_dtype: Any | None = None,
     *,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SGD with decoupled weight decay and GC: the authors' ``SGDW_GC``.
 
     GC on the gradient, momentum as :func:`optax_gc.sgd`, then
     ``w -= learning_rate * (buf + weight_decay * w)``: the decay is not
     centralized. With ``apply_to="update"`` the whole step including the
-    decay is centralized. Arguments are those of :func:`optax_gc.sgd`;
-    ``weight_decay`` is decoupled (default ``1e-4``, as :func:`optax.adamw`).
+    decay is centralized. optax has no ``sgdw``: the arguments are those of
+    :func:`optax.sgd`, then ``weight_decay`` (decoupled, default ``1e-4`` as
+    :func:`optax.adamw`) and its ``mask``.
 
     Args:
       learning_rate: a scalar or a schedule.
       momentum: heavy-ball momentum, or ``None``.
-      nesterov: Nesterov momentum.
+      nesterov: Nesterov momentum (needs a momentum).
       accumulator_dtype: dtype of the momentum buffer.
       weight_decay: decoupled decay rate (multiplied by the learning rate).
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay, as ``mask`` of :func:`optax.adamw`.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
@@ -224,23 +338,36 @@ def sgdw(
       >>> import optax_gc
       >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
       >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.sgdw(0.1, momentum=0.9, apply_to="update")
+      >>> tx = optax_gc.sgdw(0.1, momentum=0.9, mask={"kernel": True,
+      ...                                              "bias": False})
       >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> updates["bias"]  # not decayed: -0.1 * g
+      Array([-0.1, -0.1], dtype=float32)
     """
     return _recipe(
+        "sgdw",
         learning_rate,
-        _momentum(momentum, nesterov, accumulator_dtype),
+        [_momentum(momentum, nesterov, accumulator_dtype)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="decoupled",
-        apply_to=apply_to,
+        namesake_decays=True,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
+    )
+
+
+def _adam_statistics(
+    b1: Any, b2: Any, eps: Any, eps_root: Any, mu_dtype: Any, nesterov: Any
+) -> optax.GradientTransformation:
+    _check_adam(b1, b2, eps, eps_root)
+    check_bool("nesterov", nesterov)
+    return optax.scale_by_adam(
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
     )
 
 
@@ -254,12 +381,13 @@ def adam(
     *,
     nesterov: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam with GC: the authors' ``Adam_GC``, or ``Adam_GC2`` on the update.
 
@@ -270,20 +398,21 @@ def adam(
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.adam`.
-      b1: first-moment decay.
-      b2: second-moment decay.
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: second-moment decay, in ``[0, 1)``.
       eps: added to the denominator.
       eps_root: added inside the square root.
       mu_dtype: dtype of the first moment.
       nesterov: Nesterov momentum (NAdam), as :func:`optax.adam`.
       weight_decay: coupled L2 decay, added to the gradient before GC (use
         :func:`optax_gc.adamw` for decoupled decay).
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay. Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` (``Adam_GC``) or ``"update"`` (``Adam_GC2``).
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
@@ -302,26 +431,78 @@ def adam(
       Array([-0.001, -0.001], dtype=float32)
     """
     return _recipe(
+        "adam",
         learning_rate,
-        [
-            optax.scale_by_adam(
-                b1=b1,
-                b2=b2,
-                eps=eps,
-                eps_root=eps_root,
-                mu_dtype=mu_dtype,
-                nesterov=nesterov,
-            )
-        ],
+        [_adam_statistics(b1, b2, eps, eps_root, mu_dtype, nesterov)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="coupled",
-        apply_to=apply_to,
+        namesake_decays=False,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )
+
+
+def _scale_by_raw_adam(
+    b1: float, b2: float, eps: float, mu_dtype: Any
+) -> optax.GradientTransformation:
+    """``m / (sqrt(v) + eps)`` without bias correction (the authors' AdamW)."""
+
+    def init_fn(params: optax.Params) -> optax.ScaleByAdamState:
+        def zeros(p: Any, dtype: Any = None) -> Any:
+            return jnp.zeros_like(p, dtype=dtype or p.dtype)
+
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=jax.tree.map(lambda p: zeros(p, mu_dtype), params),
+            nu=jax.tree.map(zeros, params),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.ScaleByAdamState,
+        params: optax.Params | None = None,
+    ) -> tuple[optax.Updates, optax.ScaleByAdamState]:
+        del params
+        mu = jax.tree.map(
+            lambda m, g: (b1 * m + (1 - b1) * g).astype(m.dtype), state.mu, updates
+        )
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+        steps = jax.tree.map(
+            lambda m, v, g: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), mu, nu, updates
+        )
+        count = optax.safe_int32_increment(state.count)
+        return steps, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_by_authors_step_size(b1: float, b2: float) -> optax.GradientTransformation:
+    """Scales by ``sqrt(1 - b2^t) / (1 - b1^t)``, in each update's own dtype."""
+
+    def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.ScaleByScheduleState,
+        params: optax.Params | None = None,
+    ) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
+        del params
+        count = optax.safe_int32_increment(state.count)
+
+        def scale(u: jax.Array) -> jax.Array:
+            t = count.astype(u.dtype)
+            return u * (jnp.sqrt(1 - b2**t) / (1 - b1**t))
+
+        return jax.tree.map(scale, updates), optax.ScaleByScheduleState(count=count)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def adamw(
@@ -331,39 +512,51 @@ def adamw(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    mask: Any | None = None,
     *,
     nesterov: bool = False,
-    weight_decay: optax.ScalarOrSchedule = 1e-4,
-    weight_decay_mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    authors_adamw: bool = False,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """AdamW with GC: the authors' ``AdamW_GC``, or ``AdamW_GC2`` on the update.
+    """AdamW with GC: ``AdamW_GC``, or ``AdamW_GC2`` on the update.
 
     ``apply_to="gradient"``: moments of ``GC(g)``, then
     ``w -= lr * (adam_step + weight_decay * w)`` with the decay outside GC.
     ``apply_to="update"``: ``w -= lr * GC(adam_step + weight_decay * w)``.
-    Unlike :func:`optax.adamw`, the decay's mask is ``weight_decay_mask``
-    (``mask`` is GC's, as in every recipe).
+    This is standard AdamW (:func:`optax.adamw`, ``torch.optim.AdamW``).
+
+    The authors' own ``AdamW`` (``GC_code/CIFAR100/algorithm/Adam.py``) is
+    not: it applies the bias-corrected step size
+    ``s_t = lr * sqrt(1 - b2^t) / (1 - b1^t)`` to the decay term too and
+    keeps ``eps`` outside the bias correction,
+    ``w -= s_t * (weight_decay * w + m / (sqrt(v) + eps))``, so its decay is
+    ``s_t / lr`` (0.316, 0.235, 0.202, ... with the default betas) of
+    AdamW's. ``authors_adamw=True`` reproduces those numbers exactly.
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.adamw`.
-      b1: first-moment decay.
-      b2: second-moment decay.
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: second-moment decay, in ``[0, 1)``.
       eps: added to the denominator.
       eps_root: added inside the square root.
       mu_dtype: dtype of the first moment.
-      nesterov: Nesterov momentum (NAdamW).
       weight_decay: decoupled decay rate.
-      weight_decay_mask: which leaves decay (optax's ``mask`` of adamw).
+      mask: which leaves decay, as in :func:`optax.adamw`.
+      nesterov: Nesterov momentum (NAdamW).
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` (``AdamW_GC``) or ``"update"`` (``AdamW_GC2``).
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      authors_adamw: the authors' AdamW step instead of the standard one
+        (no ``eps_root``, no ``nesterov``).
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
@@ -373,32 +566,43 @@ def adamw(
       >>> import optax_gc
       >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
       >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.adamw(1e-3, apply_to="update")
+      >>> decay_kernels = {"kernel": True, "bias": False}
+      >>> tx = optax_gc.adamw(1e-3, weight_decay=0.1, mask=decay_kernels)
       >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> col_sums = updates["kernel"].sum(axis=0)  # -lr * (GC'd step + decay)
+      >>> col_sums
+      Array([-0.0003, -0.0003], dtype=float32)
     """
-    return _recipe(
-        learning_rate,
-        [
-            optax.scale_by_adam(
-                b1=b1,
-                b2=b2,
-                eps=eps,
-                eps_root=eps_root,
-                mu_dtype=mu_dtype,
-                nesterov=nesterov,
+    check_bool("authors_adamw", authors_adamw)
+    if not authors_adamw:
+        statistics = _adam_statistics(b1, b2, eps, eps_root, mu_dtype, nesterov)
+        after_decay: list[optax.GradientTransformation] = []
+    else:
+        _check_adam(b1, b2, eps, eps_root)
+        check_bool("nesterov", nesterov)
+        if nesterov or not _is_zero(eps_root):
+            raise ValueError(
+                "authors_adamw=True is the authors' AdamW, which has no nesterov "
+                f"and no eps_root; got nesterov={nesterov!r}, "
+                f"eps_root={eps_root!r}."
             )
-        ],
+        statistics = _scale_by_raw_adam(b1, b2, eps, mu_dtype)
+        after_decay = [_scale_by_authors_step_size(b1, b2)]
+    return _recipe(
+        "adamw",
+        learning_rate,
+        [statistics],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="decoupled",
-        apply_to=apply_to,
+        namesake_decays=True,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
+        after_decay=after_decay,
     )
 
 
@@ -410,15 +614,19 @@ def nadam(
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = True,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """NAdam with GC: :func:`optax_gc.adam` with Nesterov momentum.
+    """NAdam with GC: :func:`optax_gc.adam` with ``nesterov=True``.
+
+    As :func:`optax.nadam`, it is Adam with Nesterov momentum by default.
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.nadam`.
@@ -427,27 +635,25 @@ def nadam(
       eps: added to the denominator.
       eps_root: added inside the square root.
       mu_dtype: dtype of the first moment.
+      nesterov: Nesterov momentum (``True``, as optax's nadam).
       weight_decay: coupled L2 decay, added to the gradient before GC.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay. Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.nadam(1e-3, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.nadam(1e-3)
+      >>> # the same as:
+      >>> tx = optax.chain(optax_gc.centralize(), optax.nadam(1e-3))
     """
     return adam(
         learning_rate,
@@ -456,14 +662,15 @@ def nadam(
         eps,
         eps_root,
         mu_dtype,
-        nesterov=True,
+        nesterov=nesterov,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
         apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
+        weight_decay_mask=weight_decay_mask,
     )
 
 
@@ -474,16 +681,18 @@ def nadamw(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
-    *,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    *,
+    nesterov: bool = True,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """NAdamW with GC: :func:`optax_gc.adamw` with Nesterov momentum.
+    """NAdamW with GC: :func:`optax_gc.adamw` with ``nesterov=True``.
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.nadamw`.
@@ -493,26 +702,24 @@ def nadamw(
       eps_root: added inside the square root.
       mu_dtype: dtype of the first moment.
       weight_decay: decoupled decay rate.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay, as in :func:`optax.nadamw`.
+      nesterov: Nesterov momentum (``True``, as optax's nadamw).
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.nadamw(1e-3, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.nadamw(1e-3, weight_decay=1e-2)
+      >>> # the same as (the decay is not centralized):
+      >>> tx = optax.chain(optax_gc.centralize(), optax.nadamw(1e-3, weight_decay=1e-2))
     """
     return adamw(
         learning_rate,
@@ -521,14 +728,15 @@ def nadamw(
         eps,
         eps_root,
         mu_dtype,
-        nesterov=True,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        weight_decay,
+        mask,
+        nesterov=nesterov,
+        gc_mask=gc_mask,
         conv_only=conv_only,
         apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
+        weight_decay_mask=weight_decay_mask,
     )
 
 
@@ -538,12 +746,13 @@ def adagrad(
     eps: float = 1e-7,
     *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adagrad with GC: the authors' ``Adagrad_GC``.
 
@@ -556,28 +765,29 @@ def adagrad(
       initial_accumulator_value: starting value of the sum of squares.
       eps: added inside the square root.
       weight_decay: coupled L2 decay, added to the gradient before GC.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay. Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.adagrad(0.1, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.adagrad(0.1, weight_decay=1e-4)
+      >>> # the same as (the L2 term is centralized with the gradient):
+      >>> tx = optax.chain(optax.add_decayed_weights(1e-4),
+      ...                  optax_gc.centralize(), optax.adagrad(0.1))
     """
+    check_number("initial_accumulator_value", initial_accumulator_value)
+    check_number("eps", eps)
     return _recipe(
+        "adagrad",
         learning_rate,
         [
             optax.scale_by_rss(
@@ -585,13 +795,15 @@ def adagrad(
             )
         ],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="coupled",
-        apply_to=apply_to,
+        namesake_decays=False,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )
 
 
@@ -607,12 +819,13 @@ def rmsprop(
     bias_correction: bool = False,
     *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """RMSprop with GC: what ``gctf.optimizers.rmsprop`` means to do.
 
@@ -623,38 +836,46 @@ def rmsprop(
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.rmsprop`.
-      decay: decay of the running mean of squares.
+      decay: decay of the running mean of squares, in ``[0, 1)``.
       eps: the denominator's epsilon.
       initial_scale: starting value of the running mean of squares.
       eps_in_sqrt: put ``eps`` inside the square root (optax's default).
       centered: divide by the running standard deviation instead.
       momentum: momentum on the step, or ``None``.
-      nesterov: Nesterov momentum.
+      nesterov: Nesterov momentum (needs a momentum).
       bias_correction: debias the running means.
       weight_decay: coupled L2 decay, added to the gradient before GC.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay. Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.rmsprop(1e-4, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.rmsprop(1e-4, eps_in_sqrt=False)  # Keras' RMSprop
+      >>> # the same as:
+      >>> tx = optax.chain(optax_gc.centralize(),
+      ...                  optax.rmsprop(1e-4, eps_in_sqrt=False))
     """
+    check_unit_interval("decay", decay)
+    check_number("eps", eps)
+    check_number("initial_scale", initial_scale)
+    for flag, value in (
+        ("eps_in_sqrt", eps_in_sqrt),
+        ("centered", centered),
+        ("bias_correction", bias_correction),
+    ):
+        check_bool(flag, value)
     scale = optax.scale_by_stddev if centered else optax.scale_by_rms
     return _recipe(
+        "rmsprop",
         learning_rate,
         [
             scale(
@@ -666,14 +887,16 @@ def rmsprop(
             )
         ],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="coupled",
-        apply_to=apply_to,
+        namesake_decays=False,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
-        after_lr=_momentum(momentum, nesterov, None),
+        after_lr=[_momentum(momentum, nesterov, None)],
     )
 
 
@@ -684,53 +907,55 @@ def adamax(
     eps: float = 1e-8,
     *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adamax with GC (``gctf.optimizers.adamax``).
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.adamax`.
-      b1: first-moment decay.
-      b2: decay of the infinity norm.
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: decay of the infinity norm, in ``[0, 1)``.
       eps: added to the denominator.
       weight_decay: coupled L2 decay, added to the gradient before GC.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay. Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.adamax(1e-3, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.adamax(2e-3)
+      >>> # the same as:
+      >>> tx = optax.chain(optax_gc.centralize(), optax.adamax(2e-3))
     """
+    _check_adam(b1, b2, eps)
     return _recipe(
+        "adamax",
         learning_rate,
         [optax.scale_by_adamax(b1=b1, b2=b2, eps=eps)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="coupled",
-        apply_to=apply_to,
+        namesake_decays=False,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )
 
 
@@ -739,55 +964,58 @@ def adamaxw(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    *,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adamax with decoupled weight decay and GC.
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.adamaxw`.
-      b1: first-moment decay.
-      b2: decay of the infinity norm.
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: decay of the infinity norm, in ``[0, 1)``.
       eps: added to the denominator.
       weight_decay: decoupled decay rate.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay, as in :func:`optax.adamaxw`.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.adamaxw(1e-3, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.adamaxw(2e-3, weight_decay=1e-2)
+      >>> # the same as (the decay is not centralized):
+      >>> tx = optax.chain(optax_gc.centralize(),
+      ...                  optax.adamaxw(2e-3, weight_decay=1e-2))
     """
+    _check_adam(b1, b2, eps)
     return _recipe(
+        "adamaxw",
         learning_rate,
         [optax.scale_by_adamax(b1=b1, b2=b2, eps=eps)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="decoupled",
-        apply_to=apply_to,
+        namesake_decays=True,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )
 
 
@@ -801,47 +1029,49 @@ def radam(
     *,
     nesterov: bool = False,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Rectified Adam with GC (the core of Ranger, ``use_gc=True``).
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.radam`.
-      b1: first-moment decay.
-      b2: second-moment decay.
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: second-moment decay, in ``[0, 1)``.
       eps: added to the denominator.
       eps_root: added inside the square root.
       threshold: the rectification threshold.
       nesterov: Nesterov momentum.
       weight_decay: coupled L2 decay, added to the gradient before GC.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay. Needs a ``weight_decay``.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3), Ranger's
         ``gc_conv_only``.
       apply_to: ``"gradient"`` or ``"update"`` (Ranger's ``gc_loc=False``).
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.radam(1e-3, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.radam(1e-3, conv_only=True)  # Ranger's gc_conv_only
+      >>> # the same as:
+      >>> tx = optax.chain(optax_gc.centralize(conv_only=True), optax.radam(1e-3))
     """
+    _check_adam(b1, b2, eps, eps_root)
+    check_number("threshold", threshold)
+    check_bool("nesterov", nesterov)
     return _recipe(
+        "radam",
         learning_rate,
         [
             optax.scale_by_radam(
@@ -854,13 +1084,15 @@ def radam(
             )
         ],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="coupled",
-        apply_to=apply_to,
+        namesake_decays=False,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )
 
 
@@ -870,14 +1102,15 @@ def lamb(
     b2: float = 0.999,
     eps: float = 1e-6,
     eps_root: float = 0.0,
-    *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    *,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """LAMB with GC.
 
@@ -888,17 +1121,18 @@ def lamb(
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.lamb`.
-      b1: first-moment decay.
-      b2: second-moment decay.
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: second-moment decay, in ``[0, 1)``.
       eps: added to the denominator.
       eps_root: added inside the square root.
       weight_decay: decoupled decay, inside the trust ratio (as optax).
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay, as in :func:`optax.lamb`.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
@@ -914,17 +1148,21 @@ def lamb(
       >>> bool(jnp.abs(col_sums).max() < 1e-6)
       True
     """
+    _check_adam(b1, b2, eps, eps_root)
     return _recipe(
+        "lamb",
         learning_rate,
         [optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="decoupled",
-        apply_to=apply_to,
+        namesake_decays=True,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
         after_decay=[optax.scale_by_trust_ratio()],
     )
 
@@ -934,14 +1172,15 @@ def lion(
     b1: float = 0.9,
     b2: float = 0.99,
     mu_dtype: Any | None = None,
-    *,
     weight_decay: optax.ScalarOrSchedule = 1e-3,
-    weight_decay_mask: Any | None = None,
+    mask: Any | None = None,
+    *,
+    gc_mask: Any | None = None,
     conv_only: bool = False,
     apply_to: ApplyTo = "gradient",
     layout: Layout = "channels_last",
     reduction_axes: ReductionAxes | None = None,
-    mask: Any | None = None,
+    weight_decay_mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Lion with GC.
 
@@ -952,40 +1191,42 @@ def lion(
 
     Args:
       learning_rate: a scalar or a schedule, as :func:`optax.lion`.
-      b1: interpolation for the sign step.
-      b2: momentum decay.
+      b1: interpolation for the sign step, in ``[0, 1)``.
+      b2: momentum decay, in ``[0, 1)``.
       mu_dtype: dtype of the momentum.
       weight_decay: decoupled decay rate.
-      weight_decay_mask: which leaves decay.
+      mask: which leaves decay, as in :func:`optax.lion`.
+      gc_mask: which leaves GC touches.
       conv_only: centralize only conv kernels (rank > 3).
       apply_to: ``"gradient"`` or ``"update"``.
       layout: see :func:`optax_gc.centralize`.
       reduction_axes: see :func:`optax_gc.centralize`.
-      mask: which leaves GC touches.
+      weight_decay_mask: deprecated alias of ``mask``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import optax
       >>> import optax_gc
-      >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-      >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
-      >>> tx = optax_gc.lion(1e-4, apply_to="update")
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> col_sums = updates["kernel"].sum(axis=0)  # GC'd step: zero per unit
-      >>> bool(jnp.abs(col_sums).max() < 1e-6)
-      True
+      >>> tx = optax_gc.lion(1e-4)
+      >>> # the same as (the decay is not centralized):
+      >>> tx = optax.chain(optax_gc.centralize(), optax.lion(1e-4))
     """
+    check_unit_interval("b1", b1)
+    check_unit_interval("b2", b2)
     return _recipe(
+        "lion",
         learning_rate,
         [optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype)],
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+        mask=mask,
         decay="decoupled",
-        apply_to=apply_to,
+        namesake_decays=True,
+        weight_decay_mask=weight_decay_mask,
+        gc_mask=gc_mask,
         conv_only=conv_only,
+        apply_to=apply_to,
         layout=layout,
         reduction_axes=reduction_axes,
-        mask=mask,
     )

@@ -59,10 +59,16 @@ Design decisions:
   A kernel whose fan-in has one entry per unit (``Linear(1, n)``, a
   depthwise 1x1 conv, an ``Einsum`` that only scales) gets ``None`` too:
   ``centralize`` would leave it alone anyway, and the tree says what happens.
-* Rules count axes from the end, so layers stacked by ``nnx.vmap``,
-  ``nnx.scan``, ``nn.scan`` or ``nn.vmap`` (stacked axis in front, Flax's
-  default) get their leading axes treated as separate layers. The returned
-  axes are non-negative.
+* Layers stacked by ``nnx.vmap``, ``nnx.scan``, ``nn.scan`` or ``nn.vmap``
+  (an ``(L, in, out)`` kernel, or ``(in, L, out)`` with ``out_axes=1``): the
+  built-in rules give axes of the layer's own shape (from its config in
+  NNX, read inside the transform in linen), and the stack axes are found
+  in the stored shape, checked against the layer's other parameters; where
+  they still cannot be told apart the functions raise instead of guessing,
+  since averaging over a stack axis mixes layers. A rule of yours (and so
+  the fix for that error) counts in the stored shape, best from the end.
+  Names your rule gives must be parameters of the layer. The returned axes
+  are non-negative.
 * Parameters of layers no rule knows (a custom module holding an
   ``nnx.Param`` or calling ``self.param``, or a parameter a subclass adds to
   a known layer): those of rank 0 or 1 and non-float ones get ``None``
@@ -106,6 +112,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias
@@ -199,10 +206,16 @@ def einsum_fan_in_axes(einsum_str: str, kernel_ndim: int) -> Axes:
     else:
         letters = list(kernel)
     if len(letters) != kernel_ndim:
+        named = len(kernel.replace("...", ""))
+        if "..." in kernel:
+            tokens = f"{named + 1} tokens ({named} axes and an ellipsis)"
+            fits = f"rank {named} or more"
+        else:
+            tokens, fits = f"{named} tokens", f"rank {named}"
         raise ValueError(
-            f"Einsum equation {einsum_str!r} names {len(kernel)} kernel axes "
-            f"({kernel!r}) but the kernel has rank {kernel_ndim}. Fix the "
-            "equation or the kernel shape."
+            f"Einsum equation {einsum_str!r} gives the kernel {kernel!r}, "
+            f"{tokens}, which fits a kernel of {fits}, but the kernel has rank "
+            f"{kernel_ndim}. Fix the equation or the kernel shape."
         )
     contracted = [
         i
@@ -320,15 +333,138 @@ def _linen_rules() -> dict[type, _InternalRule]:
 
 def _find_rule(
     layer: Any, user: Mapping[type, Rule] | None, builtin: Mapping[type, _InternalRule]
-) -> _InternalRule | None:
-    """The rule of the most specific class of ``layer``; the user's first."""
+) -> tuple[_InternalRule | None, bool]:
+    """The rule of the most specific class of ``layer``; the user's first.
+
+    Returns the rule and whether it is the user's.
+    """
     for cls in type(layer).__mro__:
         if user and cls in user:
             rule = user[cls]
-            return lambda m, c: rule(m)
+            return (lambda m, c, rule=rule: rule(m)), True
         if cls in builtin:
-            return builtin[cls]
-    return None
+            return builtin[cls], False
+    return None, False
+
+
+# A parameter's own shape, as its layer creates it before any vmap/scan
+# stacks it; None marks a size the layer's config does not say.
+_Pattern: TypeAlias = tuple[int | None, ...]
+
+
+def _nnx_own_shapes(layer: Any) -> dict[str, _Pattern]:
+    """The unstacked kernel shapes of the built-in NNX layers, from config."""
+    if isinstance(layer, nnx.LoRA):
+        rank = _lora_rank(layer)
+        return {
+            "lora_a": (layer.in_features, rank),
+            "lora_b": (rank, layer.out_features),
+        }
+    if isinstance(layer, nnx.Linear):
+        return {
+            "kernel": (layer.in_features, layer.out_features),
+            "bias": (layer.out_features,),
+        }
+    if isinstance(layer, nnx.LinearGeneral):
+        batch = tuple(layer.batch_axis.values())  # as LinearGeneral builds them
+        return {
+            "kernel": (*batch, *layer.in_features, *layer.out_features),
+            "bias": (*batch, *layer.out_features),
+        }
+    if isinstance(layer, nnx.Conv | nnx.ConvTranspose):
+        return {"kernel": tuple(layer.kernel_shape), "bias": (layer.out_features,)}
+    if isinstance(layer, nnx.Einsum):
+        own: dict[str, _Pattern] = {"kernel": tuple(layer.kernel_shape)}
+        if layer.bias_shape is not None:
+            own["bias"] = tuple(layer.bias_shape)
+        return own
+    return {}
+
+
+def _lora_rank(layer: Any) -> int | None:
+    """The rank of a (possibly stacked) ``nnx.LoRA``, which it does not store.
+
+    ``lora_a`` is ``(in, rank)`` and ``lora_b`` ``(rank, out)``, stacked at
+    the same places; the rank is the one size every consistent placement of
+    the stack agrees on (``None`` if they disagree).
+    """
+    sa = tuple(layer.lora_a.get_value().shape)
+    sb = tuple(layer.lora_b.get_value().shape)
+    if len(sa) != len(sb) or len(sa) < 2:
+        return None
+    ranks = set()
+    for own in itertools.combinations(range(len(sa)), 2):
+        stack = [i for i in range(len(sa)) if i not in own]
+        a0, a1 = (sa[i] for i in own)
+        b0, b1 = (sb[i] for i in own)
+        same_stack = all(sa[i] == sb[i] for i in stack)
+        features = (a0, b1) == (layer.in_features, layer.out_features)
+        if same_stack and features and a1 == b0:
+            ranks.add(a1)
+    return ranks.pop() if len(ranks) == 1 else None
+
+
+def _placements(stored: tuple[int, ...], own: _Pattern) -> list[tuple[int, ...]]:
+    """Where a layer's own axes can sit in ``stored``: increasing positions."""
+    return [
+        combo
+        for combo in itertools.combinations(range(len(stored)), len(own))
+        if all(o is None or stored[c] == o for c, o in zip(combo, own, strict=True))
+    ]
+
+
+def _stack_axes(combo: tuple[int, ...], ndim: int) -> set[tuple[int, ...]]:
+    """The stack axes a placement leaves, from the start and from the end."""
+    rest = tuple(i for i in range(ndim) if i not in combo)
+    return {rest, tuple(i - ndim for i in rest)}
+
+
+def _locate(
+    spec: Any,
+    stored: tuple[int, ...],
+    own: _Pattern,
+    where: str,
+    siblings: Mapping[str, tuple[tuple[int, ...], _Pattern]] | None = None,
+) -> tuple[int, ...]:
+    """A rule's axes of a layer's own shape, found in its stacked shape.
+
+    ``vmap``/``scan`` insert the stack axes anywhere (``out_axes``,
+    ``variable_axes``); the layer's own axes keep their order, and every
+    parameter of the layer is stacked at the same place (counted from the
+    start or, for negative axes, from the end). Each placement of the own
+    shape in the stored one that the layer's other parameters (``siblings``:
+    stored and own shapes) allow too is a candidate; the fan-in axes must
+    come out the same in all of them, or it raises: averaging over a stack
+    axis would mix separate layers.
+    """
+    axes = normalize_axes(spec, own, f"{where} (the layer's own shape)")  # type: ignore[arg-type]
+    candidates = _placements(stored, own)
+    for other_stored, other_own in (siblings or {}).values():
+        if len(other_own) >= len(other_stored):
+            continue
+        allowed: set[tuple[int, ...]] = set()
+        for combo in _placements(other_stored, other_own):
+            allowed |= _stack_axes(combo, len(other_stored))
+        narrowed = [c for c in candidates if _stack_axes(c, len(stored)) & allowed]
+        candidates = narrowed or candidates
+    found = {tuple(combo[a] for a in axes) for combo in candidates}
+    shown = tuple("?" if o is None else o for o in own)
+    if not found:
+        raise ValueError(
+            f"Parameter {where} of shape {stored} does not hold its layer's own "
+            f"shape {shown}: it cannot be a stack of that layer. Give its axes "
+            "with rules= (counted in the stored shape)."
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"Parameter {where} of shape {stored} stacks its layer's own shape "
+            f"{shown}, but the stack axes could be in several places, giving "
+            f"fan-in axes {sorted(found)}. Give its axes with rules= (counted in "
+            "the stored shape, e.g. {nnx.Linear: lambda layer: {'kernel': (-2,), "
+            "'bias': None}} for a stack in front), or stack with a size that "
+            "differs from the layer's own sizes."
+        )
+    return found.pop()
 
 
 class _Collector:
@@ -347,6 +483,12 @@ class _Collector:
                 "parameters of unknown layers None) or 'layout' (every axis but "
                 "the last)."
             )
+        if rules is not None and not isinstance(rules, Mapping):
+            raise TypeError(
+                f"rules must be a mapping {{LayerClass: rule}}, got {rules!r} "
+                f"({type(rules).__name__}); e.g. rules={{MyLayer: lambda layer: "
+                "{'w': (-2,)}}."
+            )
         for cls, rule in (rules or {}).items():
             if not isinstance(cls, type) or not callable(rule):
                 raise ValueError(
@@ -354,8 +496,33 @@ class _Collector:
                     "a function of the layer returning {param_name: axes}."
                 )
         self.unknown, self.rules, self.builtin = unknown, rules, builtin
-        self.cache: dict[int, Mapping[str, Axes] | None] = {}
+        self.cache: dict[int, tuple[Mapping[str, Axes] | None, bool]] = {}
         self.missed: list[str] = []
+
+    def _table(
+        self, layer: Any, call: _Call, names: frozenset[str]
+    ) -> tuple[Mapping[str, Axes] | None, bool]:
+        """The layer's rule applied; a user rule's names must be its params."""
+        if id(layer) not in self.cache:
+            rule, by_user = _find_rule(layer, self.rules, self.builtin)
+            table = None if rule is None else rule(layer, call)
+            if by_user:
+                if not isinstance(table, Mapping):
+                    raise TypeError(
+                        f"The rule for {type(layer).__name__} returned {table!r}; "
+                        "a rule returns a dict {param_name: axes or None}."
+                    )
+                typos = sorted(set(table) - names)
+                if typos:
+                    raise ValueError(
+                        f"The rule for {type(layer).__name__} gives axes for "
+                        f"{', '.join(map(repr, typos))}, which the layer has no "
+                        f"parameter of; its parameters are "
+                        f"{', '.join(map(repr, sorted(names))) or 'none'}. Fix the "
+                        "name in rules=."
+                    )
+            self.cache[id(layer)] = (table, by_user)
+        return self.cache[id(layer)]
 
     def axes(
         self,
@@ -364,20 +531,39 @@ class _Collector:
         layer: Any,
         name: tuple,
         call: _Call = None,
+        *,
+        names: frozenset[str] = frozenset(),
+        own: Mapping[str, _Pattern] | None = None,
+        stored: Mapping[str, tuple[int, ...]] | None = None,
     ) -> Axes:
+        """One parameter's axes.
+
+        ``names``: the variables the layer holds (to check a user rule);
+        ``own``: the layer's own (unstacked) parameter shapes, where known;
+        ``stored``: the shapes its parameters have here (stacked or not).
+        """
         shape = tuple(getattr(value, "shape", ()))
         where = keyname(path)
-        table: Mapping[str, Axes] | None = None
-        if layer is not None:
-            if id(layer) not in self.cache:
-                rule = _find_rule(layer, self.rules, self.builtin)
-                self.cache[id(layer)] = None if rule is None else rule(layer, call)
-            table = self.cache[id(layer)]
+        table, by_user = (
+            (None, False) if layer is None else self._table(layer, call, names)
+        )
         if table is not None and len(name) == 1 and name[0] in table:
             spec = table[name[0]]
             if spec is None:
                 return None
-            axes = normalize_axes(spec, shape, where)
+            pattern = (own or {}).get(name[0])
+            # A user rule counts in the stored shape; a built-in one in the
+            # layer's own shape, found inside a vmap/scan stack.
+            if not by_user and pattern is not None and len(pattern) < len(shape):
+                shapes = stored or {}
+                siblings = {
+                    n: (shapes[n], o)
+                    for n, o in (own or {}).items()
+                    if n != name[0] and n in shapes
+                }
+                axes = _locate(spec, shape, pattern, where, siblings)
+            else:
+                axes = normalize_axes(spec, shape, where)
             return None if fan_in_size(shape, axes) == 1 else axes
         dtype = getattr(value, "dtype", None)
         if len(shape) < 2 or dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
@@ -407,6 +593,10 @@ class _Collector:
             UnknownLayerWarning,
             stacklevel=3,
         )
+
+
+def _unbox(x: Any) -> Any:
+    return x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x
 
 
 def _nest(items: list[tuple[tuple, Axes]]) -> dict:
@@ -499,7 +689,22 @@ def fan_in_axes(
         while k > 0 and not isinstance(nodes.get(keys[:k]), nnx.Module):
             k -= 1
         value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
-        axes = collect.axes(_dict_path(keys), value, nodes.get(keys[:k]), keys[k:])
+        layer = nodes.get(keys[:k])
+        held = {n: v for n, v in vars(layer).items() if isinstance(v, nnx.Variable)}
+        stored = {
+            n: tuple(v.get_value().shape)
+            for n, v in held.items()
+            if hasattr(v.get_value(), "shape")
+        }
+        axes = collect.axes(
+            _dict_path(keys),
+            value,
+            layer,
+            keys[k:],
+            names=frozenset(held),
+            own=_nnx_own_shapes(layer),
+            stored=stored,
+        )
         items.append((keys, axes))
     collect.warn("fan_in_axes")
     return _nest(items)
@@ -562,15 +767,28 @@ def linen_fan_in_axes(
         )
     collect = _Collector(unknown=unknown, rules=rules, builtin=_linen_rules())
     layers: dict[tuple, tuple[Any, _Call]] = {}
+    # Per layer: the names of its variables and its params' own shapes, read
+    # inside any vmap/scan around it (there they are not stacked yet).
+    held: dict[tuple, tuple[frozenset[str], dict[str, _Pattern]]] = {}
 
     def record(next_fun: Callable, a: tuple, kw: dict, context: Any) -> Any:
         layer = context.module
-        if layer.scope is not None:
-            path = tuple(layer.scope.path)
-            call = (a, kw) if context.method_name == "__call__" else None
-            if path not in layers or (layers[path][1] is None and call is not None):
-                layers[path] = (layer, call)
-        return next_fun(*a, **kw)
+        if layer.scope is None:
+            return next_fun(*a, **kw)
+        path = tuple(layer.scope.path)
+        call = (a, kw) if context.method_name == "__call__" else None
+        if path not in layers or (layers[path][1] is None and call is not None):
+            layers[path] = (layer, call)
+        out = next_fun(*a, **kw)
+        own = {
+            col: {n: v for n, v in tree.items() if not isinstance(v, Mapping)}
+            for col, tree in layer.variables.items()
+        }
+        held[path] = (
+            frozenset(n for tree in own.values() for n in tree),
+            {n: tuple(_unbox(v).shape) for n, v in own.get("params", {}).items()},
+        )
+        return out
 
     if rngs is None:
         rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
@@ -590,7 +808,25 @@ def linen_fan_in_axes(
         while k > 0 and keys[:k] not in layers:
             k -= 1
         layer, call = layers.get(keys[:k], (None, None))
-        axes = collect.axes(_dict_path(keys), value, layer, keys[k:], call)
+        names, own = held.get(keys[:k], (frozenset(), {}))
+        node = params
+        for key in keys[:k]:
+            node = node[key]
+        stored = {
+            n: tuple(_unbox(v).shape)
+            for n, v in node.items()
+            if not isinstance(v, Mapping)
+        }
+        axes = collect.axes(
+            _dict_path(keys),
+            value,
+            layer,
+            keys[k:],
+            call,
+            names=names,
+            own=own,
+            stored=stored,
+        )
         items.append((keys, axes))
     collect.warn("linen_fan_in_axes")
     return _nest(items)

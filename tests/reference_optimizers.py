@@ -407,6 +407,63 @@ class ReferenceRecipe:
         return new_params, {"count": t, "leaves": leaves}, updates
 
 
+class AuthorsAdamW:
+    """The authors' AdamW with GC, from ``GC_code/CIFAR100/algorithm/Adam.py``.
+
+    Per leaf, with ``t`` the 1-based step::
+
+        m = b1 * m + (1 - b1) * g          (g centralized for "gradient")
+        v = b2 * v + (1 - b2) * g * g
+        step_size = lr * sqrt(1 - b2**t) / (1 - b1**t)
+        delta = wd * w + m / (sqrt(v) + eps)   (centralized for "update")
+        w = w - step_size * delta
+
+    The decay is inside the bias-corrected step size and eps outside the bias
+    correction: not the AdamW of optax and PyTorch. Same interface as
+    :class:`ReferenceRecipe`.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        *,
+        b1: float = 0.9,
+        b2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-4,
+        weight_decay_mask: Mapping[str, bool] | None = None,
+        apply_to: str = "gradient",
+        gc_axes: Mapping[str, Axes],
+    ):
+        self.lr, self.b1, self.b2, self.eps = learning_rate, b1, b2, eps
+        self.wd, self.wd_mask = weight_decay, weight_decay_mask
+        self.apply_to, self.gc_axes = apply_to, dict(gc_axes)
+
+    def init(self, params: Params) -> dict[str, Any]:
+        zeros = {k: np.zeros_like(w) for k, w in params.items()}
+        return {"t": 0, "m": dict(zeros), "v": dict(zeros)}
+
+    def step(
+        self, params: Params, grads: Params, state: dict[str, Any]
+    ) -> tuple[Params, dict[str, Any], Params]:
+        t = state["t"] + 1
+        step_size = self.lr * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
+        new, updates, m_all, v_all = {}, {}, {}, {}
+        for key, w in params.items():
+            g = np.asarray(grads[key], dtype=np.float64)
+            if self.apply_to == "gradient":
+                g = centralize(g, self.gc_axes[key])
+            m = self.b1 * state["m"][key] + (1 - self.b1) * g
+            v = self.b2 * state["v"][key] + (1 - self.b2) * g * g
+            wd = self.wd if self.wd_mask is None or self.wd_mask[key] else 0.0
+            delta = wd * w + m / (np.sqrt(v) + self.eps)
+            if self.apply_to == "update":
+                delta = centralize(delta, self.gc_axes[key])
+            updates[key] = -step_size * delta
+            new[key], m_all[key], v_all[key] = w + updates[key], m, v
+        return new, {"t": t, "m": m_all, "v": v_all}, updates
+
+
 # --- The test problem shared by the recipe tests --------------------------
 
 # A Flax-layout tree: conv, Conv1D (rank 3: not a conv under conv_only),

@@ -387,10 +387,10 @@ def test_mismatch_hints_name_the_confusion():
         match=r"no entry for leaf \['layers'\]\[0\]\['kernel'\].*prints alike but is another kind of key",
     ):
         apply(optax_gc.centralize(reduction_axes=spec), tree)
-    # A tuple of axes where a mask wants one bool.
+    # A tuple of axes where a mask wants one bool: refused at construction.
     with pytest.raises(
         ValueError,
-        match=r"entry at \['k'\]\[0\], inside leaf \['k'\].*axes belong in reduction_axes=",
+        match=r"mask gives \(0,\) \(tuple\) to its entry \['k'\].*axes belong in reduction_axes=",
     ):
         apply(optax_gc.centralize(mask={"k": (0,)}), {"k": jnp.ones((2, 2))})
 

@@ -848,3 +848,83 @@ def test_core_package_does_not_import_flax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_stacks_anywhere_are_found_from_the_layers_own_shape():
+    """A stack built with out_axes=1 (kernel (in, L, out)) gets the fan-in
+    axis of the layer, not the stack axis; so does a linen vmap with
+    variable_axes 1, and a Conv or LoRA stack."""
+
+    @nnx.split_rngs(splits=3)
+    @nnx.vmap(in_axes=(0,), out_axes=1)
+    def linear(rngs):
+        return nnx.Linear(4, 5, rngs=rngs)
+
+    stack = linear(nnx.Rngs(0))
+    assert stack.kernel[...].shape == (4, 3, 5)
+    assert fan_in_axes(stack) == {"kernel": (0,), "bias": None}
+
+    @nnx.split_rngs(splits=2)
+    @nnx.vmap(in_axes=(0,), out_axes=1)
+    def conv(rngs):
+        return nnx.Conv(3, 6, kernel_size=(3,), rngs=rngs)
+
+    assert conv(nnx.Rngs(0)).kernel[...].shape == (3, 2, 3, 6)
+    assert fan_in_axes(conv(nnx.Rngs(0)))["kernel"] == (0, 2)
+
+    @nnx.split_rngs(splits=2)
+    @nnx.vmap(in_axes=(0,), out_axes=1)
+    def lora(rngs):
+        return nnx.LoRA(6, 3, 5, rngs=rngs)
+
+    axes = fan_in_axes(lora(nnx.Rngs(0)))  # (6, 2, 3) and (3, 2, 5)
+    assert axes == {"lora_a": (0,), "lora_b": (0,)}
+
+    class Stacked(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            dense = nn.vmap(
+                nn.Dense,
+                variable_axes={"params": 1},
+                split_rngs={"params": True},
+                in_axes=None,
+                out_axes=0,
+                axis_size=3,
+            )
+            return dense(5)(x)
+
+    linen_axes = linen_fan_in_axes(Stacked(), jnp.zeros((2, 4)))
+    assert linen_axes == {"VmapDense_0": {"kernel": (0,), "bias": None}}
+
+    # GC with these axes keeps each stacked layer's fan-in sums fixed.
+    kernel = stack.kernel[...]
+    tx = optax.chain(
+        optax_gc.centralize(reduction_axes=fan_in_axes(stack)), optax.sgd(1.0)
+    )
+    opt = nnx.Optimizer(stack, tx, wrt=nnx.Param)
+    grads = jax.tree.map(lambda p: _rand(p.ndim, *p.shape), nnx.state(stack, nnx.Param))
+    opt.update(stack, grads)
+    np.testing.assert_allclose(
+        stack.kernel[...].sum(axis=0), kernel.sum(axis=0), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_stack_that_cannot_be_told_apart_raises():
+    """Linear(4, 4) stacked 4 times: (4, 4, 4) holds (4, 4) three ways, with
+    different fan-in axes. Guessing could average over the stack: it raises,
+    and a user rule (counted in the stored shape) settles it."""
+
+    @nnx.split_rngs(splits=4)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def linear(rngs):
+        return nnx.Linear(4, 4, rngs=rngs)
+
+    stack = linear(nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"\['kernel'\] of shape \(4, 4, 4\) stacks its layer's own shape "
+        r"\(4, 4\), but the stack axes could be in several places",
+    ):
+        fan_in_axes(stack)
+    rules = {nnx.Linear: lambda layer: {"kernel": (-2,), "bias": None}}
+    assert fan_in_axes(stack, rules=rules) == {"kernel": (1,), "bias": None}

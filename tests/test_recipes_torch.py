@@ -109,7 +109,7 @@ CASES = [
     _case("sgd", momentum=0.9, nesterov=True, **WD),
     _case("sgd", momentum=0.9, **WD, **UPDATE),
     _case("sgd", momentum=0.9, **WD, conv_only=True),
-    _case("sgd", momentum=0.9, **WD, weight_decay_mask=WD_MASK),
+    _case("sgd", momentum=0.9, **WD, mask=WD_MASK),
     _case("sgdw", momentum=0.9, **WD),
     _case("sgdw", momentum=0.9, nesterov=True, **WD, **UPDATE),
     _case("adam", **WD),
@@ -117,7 +117,7 @@ CASES = [
     _case("adam", b1=0.8, b2=0.99, eps=1e-6, **WD),
     _case("adamw", **WD),
     _case("adamw", **WD, **UPDATE),
-    _case("adamw", **WD, weight_decay_mask=WD_MASK),
+    _case("adamw", **WD, mask=WD_MASK),
     _case("adagrad", **WD),
     _case("adagrad", initial_accumulator_value=0.5, **WD, **UPDATE),
     _case("rmsprop", **WD),
@@ -230,7 +230,7 @@ def _torch_optimizer(name, params, lr, weight_decays, hp):
 
 
 def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    options = ("weight_decay", "weight_decay_mask", "apply_to", "conv_only")
+    options = ("weight_decay", "mask", "apply_to", "conv_only")
     return (
         {k: v for k, v in kwargs.items() if k in options},
         {k: v for k, v in kwargs.items() if k not in options},
@@ -259,7 +259,7 @@ def _run_torch(
     options, hp = _split(kwargs)
     apply_to = options.get("apply_to", "gradient")
     conv_only = options.get("conv_only", False)
-    mask = options.get("weight_decay_mask")
+    mask = options.get("mask")
     wd = {
         k: options.get("weight_decay", 0.0) if mask is None or mask[k] else 0.0
         for k in PARAM_SHAPES
@@ -348,7 +348,7 @@ def test_reference_matches_torch(name, kwargs):
         name,
         lr,
         weight_decay=options.get("weight_decay", 0.0),
-        weight_decay_mask=options.get("weight_decay_mask"),
+        weight_decay_mask=options.get("mask"),
         apply_to=options.get("apply_to", "gradient"),
         gc_axes=flax_gc_axes(params, conv_only=options.get("conv_only", False)),
         **hp,

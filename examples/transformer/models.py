@@ -34,7 +34,7 @@ class Block(nnx.Module):
 
 
 class CharTransformer(nnx.Module):
-    """Token and learned position embeddings, ``layers`` blocks, a norm, a head.
+    """Embeddings, a scanned stack of ``layers`` blocks, a norm and a head.
 
     Args:
         vocab_size: Number of distinct characters.
@@ -59,9 +59,17 @@ class CharTransformer(nnx.Module):
     ) -> None:
         self.token_embed = nnx.Embed(vocab_size, dim, rngs=rngs)
         self.position_embed = nnx.Embed(context, dim, rngs=rngs)
-        self.blocks = nnx.List(
-            [Block(dim, heads, mlp_ratio, rngs=rngs) for _ in range(layers)]
-        )
+
+        # One stack of ``layers`` blocks, made by nnx.vmap and run by
+        # nnx.scan: every block parameter has a leading layer axis, e.g. a
+        # query kernel (layers, dim, heads, dim // heads). Plain centralize()
+        # would average over that axis; fan_in_axes(model) does not.
+        @nnx.split_rngs(splits=layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs: nnx.Rngs) -> Block:
+            return Block(dim, heads, mlp_ratio, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
         self.final_norm = nnx.LayerNorm(dim, rngs=rngs)
         # An untied head: a Linear (dim, vocab) with one weight vector per
         # character, which GC centralizes; the embedding tables it leaves alone.
@@ -72,6 +80,9 @@ class CharTransformer(nnx.Module):
         positions = jnp.arange(ids.shape[1])
         x = self.token_embed(ids) + self.position_embed(positions)[None]
         mask = nnx.make_causal_mask(ids)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.final_norm(x))
+
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def through(x: jax.Array, block: Block) -> jax.Array:
+            return block(x, mask)
+
+        return self.head(self.final_norm(through(x, self.blocks)))

@@ -481,8 +481,9 @@ def gc_active(runs: dict[str, list[dict[str, Any]]], heads: int) -> dict[str, An
             group = re.sub(r"blocks/\d+/", "blocks/*/", name)
             entry = per.setdefault(group, {"max": 0.0})
             entry["max"] = max(entry["max"], float(ratios.max()))
-            if ratios.ndim == 2 and ratios.shape[0] == heads:  # q/k/v: (heads, hd)
-                head = ratios.max(axis=1)
+            # q/k/v of the stacked blocks: (layers, heads, head_dim) units.
+            if ratios.ndim == 3 and ratios.shape[1] == heads:
+                head = ratios.max(axis=(0, 2))
                 entry["per_head"] = np.maximum(entry.get("per_head", head), head)
         for entry in per.values():
             if "per_head" in entry:

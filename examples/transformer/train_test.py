@@ -16,14 +16,14 @@ from optax_gc.flax import fan_in_axes
 
 
 def tiny_config(**overrides):
-    """The default config cut to a one-block model and a few steps."""
+    """The default config cut to a two-block stack and a few steps."""
     config = default.get_config()
     config.update(
         corpus_chars=20_000,
         context=16,
         dim=16,
         heads=2,
-        layers=1,
+        layers=2,  # == heads: the stack axis must be told from the head axis
         batch_size=8,
         steps=20,
         eval_every=10,
@@ -62,7 +62,7 @@ def test_compares_arms_and_checks_gc(tmp_path):
     active = res["gc_active"]
     assert res["active"]["verdict"] == "yes"
     assert max(v["max"] for v in active["gc"].values()) < 1e-5
-    assert len(active["gc"]["blocks/*/attn/query/kernel"]["per_head"]) == 2
+    assert len(active["gc"]["blocks/attn/query/kernel"]["per_head"]) == 2
     assert min(active["baseline"][k]["max"] for k in active["baseline"]) > 1e-4
     # What GC must leave alone, it leaves alone, bit for bit.
     alone = res["untouched"]["left_alone"]
@@ -77,18 +77,25 @@ def test_compares_arms_and_checks_gc(tmp_path):
     plane = res["hyperplane"]
     assert plane["gc"]["sum_change"] < 1e-5 < 1e-3 < plane["baseline"]["sum_change"]
     assert min(plane["gc"]["other_change"].values()) > 1e-4
-    # The rank rule differs on q/k/v kernels and biases and on embeddings.
+    # The rank rule differs on every leaf of the scanned stack (it averages
+    # over the layer axis: kernels, stacked biases and norm parameters) and
+    # on the embeddings; it agrees on the unstacked head and final norm.
     differ = {d["param"] for d in res["rank_rule_differences"]}
-    assert differ == {
-        "blocks/0/attn/query/kernel",
-        "blocks/0/attn/key/kernel",
-        "blocks/0/attn/value/kernel",
-        "blocks/0/attn/query/bias",
-        "blocks/0/attn/key/bias",
-        "blocks/0/attn/value/bias",
-        "token_embed/embedding",
-        "position_embed/embedding",
+    stacked = {
+        train.name_of(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(
+            nnx.to_pure_dict(
+                nnx.state(train.make_model(tiny_config(), 8, 0), nnx.Param)
+            )
+        )
     }
+    stacked = {n for n in stacked if n.startswith("blocks/")}
+    assert len(stacked) == 16
+    assert differ == stacked | {"token_embed/embedding", "position_embed/embedding"}
+    for d in res["rank_rule_differences"]:
+        if d["param"] == "blocks/attn/query/kernel":
+            assert d["shape"] == [2, 16, 2, 8]
+            assert d["fan_in_axes"] == (1,) and d["rank_rule"] == (0, 1, 2)
     assert "Verdict, gc" in res["text"] and "GC active: yes" in res["text"]
 
 
@@ -119,7 +126,7 @@ def test_sgd_keeps_every_fan_in_sum():
             a = kernels[name]
             np.testing.assert_allclose(w1.sum(a), w0.sum(a), atol=1e-5, err_msg=name)
             assert np.abs(w1 - w0).max() > 1e-3, name
-        elif name != "blocks/0/attn/key/bias":  # softmax cancels it: no gradient
+        elif name != "blocks/attn/key/bias":  # softmax cancels it: no gradient
             assert np.abs(w1 - w0).max() > 1e-4, name  # embeddings, norms, biases
 
 
