@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -127,3 +128,33 @@ def fmt_compile(r: dict[str, Any], name: str) -> str:
         return "-"
     c = r["compile_s"]
     return f"{c['bare']:.2f} / {c[name]:.2f} ({r['compile_ratio'][name]['median']:.2f})"
+
+
+def argument_parser(doc: str | None, *, rounds: int) -> argparse.ArgumentParser:
+    """A benchmark script's argument parser, with the options all three have.
+
+    The description is the script's docstring's first paragraph; defaults
+    are shown; ``--rounds``, ``--reps`` and ``--json`` are added.
+    """
+    parser = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--reps", type=int, default=3, help="calls per round")
+    parser.add_argument("--json", default=None, help="write results here")
+    return parser
+
+
+def markdown_table(head: str, rows: Sequence[str]) -> str:
+    """A Markdown table from its header row and its rows."""
+    return "\n".join([head, "|---" * (head.count("|") - 1) + "|", *rows])
+
+
+def report(args: argparse.Namespace, results: list[Any], text: str) -> list[Any]:
+    """Prints the final table and writes ``--json`` (with the machine)."""
+    print(text)
+    write_json(
+        args.json, {"machine": machine(), "args": vars(args), "results": results}
+    )
+    return results

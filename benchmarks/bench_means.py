@@ -21,7 +21,6 @@ repository root::
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -86,32 +85,26 @@ def bench_tree(tree_name: str, *, rounds: int, reps: int) -> dict[str, Any]:
     }
 
 
+def _row(r: dict[str, Any], sums: str) -> str:
+    wall, cpu = r["ms"]["wall"][sums], r["ms"]["cpu"][sums]
+    to_full = r["ratio_to_full"]
+    return (
+        f"| {r['tree']} ({r['kernels']} kernels, {r['megabytes']:.0f} MB) "
+        f"| {sums} | {wall:.2f} ({to_full['wall'][sums]:.2f}) "
+        f"| {cpu:.2f} ({to_full['cpu'][sums]:.2f}) | {r['compile_s'][sums]:.3f} |"
+    )
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = "| tree | sums | wall ms (/ full) | CPU ms (/ full) | compile s |"
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in results:
-        for n in SUMS:
-            w, c = r["ms"]["wall"][n], r["ms"]["cpu"][n]
-            lines.append(
-                f"| {r['tree']} ({r['kernels']} kernels, {r['megabytes']:.0f} MB) "
-                f"| {n} | {w:.2f} ({r['ratio_to_full']['wall'][n]:.2f}) "
-                f"| {c:.2f} ({r['ratio_to_full']['cpu'][n]:.2f}) "
-                f"| {r['compile_s'][n]:.3f} |"
-            )
-    return "\n".join(lines)
+    return _timing.markdown_table(head, [_row(r, n) for r in results for n in SUMS])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark from command-line arguments; returns the results."""
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _timing.argument_parser(__doc__, rounds=15)
     parser.add_argument("--trees", default="resnet50,vit_b16")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--reps", type=int, default=3, help="calls per round")
-    parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--quick", action="store_true", help="tiny tree, 2 rounds")
     args = parser.parse_args(argv)
     if args.quick:
@@ -119,12 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = [
         bench_tree(t, rounds=args.rounds, reps=args.reps) for t in args.trees.split(",")
     ]
-    print(table(results))
-    _timing.write_json(
-        args.json,
-        {"machine": _timing.machine(), "args": vars(args), "results": results},
-    )
-    return results
+    return _timing.report(args, results, table(results))
 
 
 if __name__ == "__main__":

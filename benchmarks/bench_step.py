@@ -15,7 +15,6 @@ root::
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -140,45 +139,42 @@ def bench_one(
     return result
 
 
+TABLE_HEAD = (
+    "| optimizer | bare ms | GC ms | GC / bare (wall) | GC / bare (CPU) "
+    "| optax.centralize / bare (wall) | compile s bare / GC (ratio) "
+    "| extra temp KB |"
+)
+
+
+def _row(r: dict[str, Any]) -> str:
+    ms, wall = r["time_ms"]["wall"], r["ratio"]["wall"]
+    optax_c = _timing.fmt_ratio(wall["optax_c"]) if "optax_c" in wall else "-"
+    extra_kb = (r["temp_bytes"]["gc"] - r["temp_bytes"]["bare"]) / 1e3
+    return (
+        f"| {r['optimizer']} | {ms['bare']:.2f} | {ms['gc']:.2f} "
+        f"| {_timing.fmt_ratio(wall['gc'])} "
+        f"| {_timing.fmt_ratio(r['ratio']['cpu']['gc'])} | {optax_c} "
+        f"| {_timing.fmt_compile(r, 'gc')} | {extra_kb:.1f} |"
+    )
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
-    head = (
-        "| optimizer | bare ms | GC ms | GC / bare (wall) | GC / bare (CPU) "
-        "| optax.centralize / bare (wall) | compile s bare / GC (ratio) "
-        "| extra temp KB |"
-    )
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in results:
-        ms, wall = r["time_ms"]["wall"], r["ratio"]["wall"]
-        lines.append(
-            f"| {r['optimizer']} | {ms['bare']:.2f} | {ms['gc']:.2f} "
-            f"| {_timing.fmt_ratio(wall['gc'])} "
-            f"| {_timing.fmt_ratio(r['ratio']['cpu']['gc'])} "
-            f"| {_timing.fmt_ratio(wall['optax_c']) if 'optax_c' in wall else '-'} "
-            f"| {_timing.fmt_compile(r, 'gc')} "
-            f"| {(r['temp_bytes']['gc'] - r['temp_bytes']['bare']) / 1e3:.1f} |"
-        )
-    return "\n".join(lines)
+    return _timing.markdown_table(TABLE_HEAD, [_row(r) for r in results])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark from command-line arguments; returns the results."""
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _timing.argument_parser(__doc__, rounds=60)
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
         help="bare first; from " + ", ".join(VARIANTS),
     )
-    parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--reps", type=int, default=3, help="calls per round")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--image", type=int, default=28, help="height and width")
     parser.add_argument("--compile-rounds", type=int, default=3)
-    parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -205,12 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         results.append(r)
         print(table([r]).splitlines()[-1], flush=True)
     print()
-    print(table(results))
-    _timing.write_json(
-        args.json,
-        {"machine": _timing.machine(), "args": vars(args), "results": results},
-    )
-    return results
+    return _timing.report(args, results, table(results))
 
 
 if __name__ == "__main__":

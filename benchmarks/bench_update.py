@@ -28,7 +28,6 @@ from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -205,7 +204,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "| / bare (CPU) | bound | bytes / bare | compile s bare / this (ratio) "
         "| extra temp MB donated / not |"
     )
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    lines: list[str] = []
     for r in results:
         wall, cpu = r["ratio"]["wall"], r["ratio"]["cpu"]
         ms = r["time_ms"]["wall"]
@@ -222,15 +221,12 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {ba[name] / ba['bare']:.3f} | {_timing.fmt_compile(r, name)} "
                 f"| {extra[0]:.2f} / {extra[1]:.2f} |"
             )
-    return "\n".join(lines)
+    return _timing.markdown_table(head, lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the benchmark from command-line arguments; returns the results."""
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _timing.argument_parser(__doc__, rounds=30)
     parser.add_argument("--trees", default="resnet50,vit_b16,cnn")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument(
@@ -239,10 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="bare first; from bare, gc, optax_c, "
         + ", ".join(f"gc_{k}" for k in kernels.KERNELS),
     )
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--reps", type=int, default=3, help="calls per round")
     parser.add_argument("--compile-rounds", type=int, default=3)
-    parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument(
         "--quick", action="store_true", help="tiny tree, 3 rounds (a smoke test)"
     )
@@ -266,12 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             results.append(r)
             print("\n".join(table([r]).splitlines()[2:]), flush=True)
     print()
-    print(table(results))
-    _timing.write_json(
-        args.json,
-        {"machine": _timing.machine(), "args": vars(args), "results": results},
-    )
-    return results
+    return _timing.report(args, results, table(results))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import sys
 from pathlib import Path
 
 # Document the checkout being built, even where another copy is installed.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# optax_gc.keras: Keras picks its backend when first imported.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 project = "optax-gc"
 author = "The optax-gc authors"
@@ -33,7 +36,7 @@ extensions = [
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-# results/ holds files written by examples/compare.py: the Markdown tables
+# results/ holds files written by examples/compare: the Markdown tables
 # there are included into results.md, not pages of their own.
 exclude_patterns = ["_build", "results/**/*.md", "**/README.md"]
 

@@ -127,6 +127,9 @@ DEBIAN_PACKAGES: dict[str, tuple[str, str]] = {
 
 # IDX type codes (the third byte of the magic number) and their big-endian
 # NumPy dtypes.
+# A directory argument: a path, or None for the default places.
+_Dir = str | os.PathLike | None
+
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
@@ -243,11 +246,7 @@ def idx_files(directory: str | os.PathLike) -> tuple[dict[str, Path], list[str]]
 
 
 def find_idx_dir(
-    name: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    download: bool = True,
+    name: str, *, data_dir: _Dir = None, cache_dir: _Dir = None, download: bool = True
 ) -> Path:
     """The directory that holds ``name``'s IDX files, downloading if need be.
 
@@ -488,8 +487,8 @@ def _not_found_message(name: str, looked: list[str], reason: str) -> str:
             "To fix, do one of:",
             *apt,
             f"  - pass the directory holding {files} as data_dir "
-            "(--data-dir DIR for examples/compare.py, --config.data_dir=DIR "
-            "for the Flax examples)",
+            "(--config.data_dir=DIR for every example, including "
+            "python -m examples.compare)",
             f"  - download it (download=True, the default; needs network access "
             f"to {URLS[name]})",
             "  - or use the bundled scikit-learn digits (dataset 'digits').",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -11,19 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_bool, mask_value_error, static_hint
 from ._layouts import (
     Layout,
     ReductionAxes,
     check_layout,
     fan_in_size,
+    is_centralizable,
+    layout_axes,
+)
+from ._options import (
+    check_bool,
+    check_mask_entries,
+    checked_mask,
     is_axes_spec,
     is_boxed_in,
-    is_centralizable,
-    is_function,
     is_void,
     keyname,
-    layout_axes,
     normalize_axes,
     resolve,
 )
@@ -247,73 +249,3 @@ def centralize(
     if mask is None:
         return tx
     return optax.masked(tx, checked_mask(mask, name="mask", action="centralize it"))
-
-
-def check_mask_entries(mask: Any, *, name: str, action: str) -> None:
-    """Checks a mask's values at construction, naming the entry.
-
-    A mask that is a function is checked when it is called (see
-    :func:`checked_mask`); a tree is checked here, before any params exist.
-
-    Raises:
-      ValueError: for a JAX array (or tracer) given as the whole mask (a
-        callable mask under ``optax.inject_hyperparams`` is taken for a
-        schedule and arrives as its value), or an entry that is not one bool.
-    """
-    if isinstance(mask, jax.Array):
-        raise ValueError(
-            f"{name} is an array ({mask!r}), not a tree of bools or a function "
-            f"of the params. {static_hint(name)}"
-        )
-    if is_function(mask, is_leaf=lambda x: x is None):
-        return
-    flat = jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_mask_entry)[0]
-    for path, value in flat:
-        if value is None:
-            continue  # None is refused (or ignored) where it meets the params
-        error = mask_value_error(
-            name, value, f"its entry {keyname(path)}", action=action
-        )
-        if error is not None:
-            raise error
-
-
-def _is_mask_entry(x: Any) -> bool:
-    # None, and a tuple of numbers (axes given to a mask): one entry each.
-    return x is None or (
-        isinstance(x, tuple) and bool(x) and all(isinstance(a, int) for a in x)
-    )
-
-
-def checked_mask(mask: Any, *, name: str, action: str) -> Callable[[Any], Any]:
-    """A mask callable for :func:`optax.masked`, laid out like the updates.
-
-    The user's mask may be a prefix of the params, match them by key path
-    only, or be a callable; it is resolved leaf by leaf (with errors that name
-    the leaf) and rebuilt on the structure of the tree optax hands it, so
-    :func:`optax.masked` then maps it over that tree without surprises. As
-    with ``optax.masked``, params passed to ``update`` must have the updates'
-    structure.
-    """
-
-    def build(tree: Any) -> Any:
-        flat, treedef, entries = resolve(
-            mask, tree, name=name, is_leaf=lambda x: x is None
-        )
-        for (path, leaf), (entry, m) in zip(flat, entries, strict=True):
-            if entry is None:
-                continue  # a void leaf no entry reaches
-            where = f"leaf {keyname(path)} of shape {getattr(leaf, 'shape', None)}"
-            if m is None:
-                raise ValueError(
-                    f"{name} gives None to {keyname(entry)}, over {where}. "
-                    f"Give True ({action}) or False (leave it alone)."
-                )
-            error = mask_value_error(name, m, where, action=action)
-            if error is not None:
-                raise error
-        return jax.tree.unflatten(
-            treedef, [e is not None and bool(m) for e, m in entries]
-        )
-
-    return build

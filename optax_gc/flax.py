@@ -25,10 +25,8 @@ accepts::
         optax_gc.centralize(reduction_axes=fan_in_axes(model)), optax.adam(1e-3)
     )
 
-Design decisions:
-
-* The rules, per layer type (found through the class's MRO, so subclasses
-  such as ``nnx.LoRALinear`` inherit them):
+The rules, per layer type (found through the class's MRO, so subclasses
+such as ``nnx.LoRALinear`` inherit them):
 
   =====================================  ===================================
   layer and parameter                    fan-in axes of a kernel ``W``
@@ -59,42 +57,10 @@ Design decisions:
   A kernel whose fan-in has one entry per unit (``Linear(1, n)``, a
   depthwise 1x1 conv, an ``Einsum`` that only scales) gets ``None`` too:
   ``centralize`` would leave it alone anyway, and the tree says what happens.
-* Layers stacked by ``nnx.vmap``, ``nnx.scan``, ``nn.scan`` or ``nn.vmap``
-  (an ``(L, in, out)`` kernel, or ``(in, L, out)`` with ``out_axes=1``): the
-  built-in rules give axes of the layer's own shape (from its config in
-  NNX, read inside the transform in linen), and the stack axes are found
-  in the stored shape, checked against the layer's other parameters; where
-  they still cannot be told apart the functions raise instead of guessing,
-  since averaging over a stack axis mixes layers. A rule of yours (and so
-  the fix for that error) counts in the stored shape, best from the end.
-  Names your rule gives must be parameters of the layer. The returned axes
-  are non-negative.
-* Parameters of layers no rule knows (a custom module holding an
-  ``nnx.Param`` or calling ``self.param``, or a parameter a subclass adds to
-  a known layer): those of rank 0 or 1 and non-float ones get ``None``
-  quietly, since every rule leaves them alone. The rest get ``None`` too
-  (``unknown="leave"``) or the layout rule, every axis but the last
-  (``unknown="layout"``), and one :class:`UnknownLayerWarning` per call names
-  them all with their shapes and layer types. Guessing silently would be
-  wrong on exactly the layers the rank rule is wrong on. Teach the functions
-  a layer with ``rules={MyLayer: lambda layer: {"w": (-2,)}}``.
-* ``centralize()`` without ``reduction_axes`` stays rank-based. It sees
-  gradients, not layers: a ``(in, heads, head_dim)`` attention kernel and a
-  ``(k, in, out)`` Conv1D kernel are the same to it, and recognising Flax's
-  parameter names would be silently wrong on every custom module that
-  reuses a name. On plain Dense/Conv trees the rank rule and these functions
-  agree (tested), so the rank rule remains the paper's rule there.
-* NNX: the tree is a plain nested dict keyed like ``nnx.state(model, wrt)``,
-  which ``centralize`` matches by key path to the pure ``State`` that
-  ``nnx.Optimizer`` passes (and to ``nnx.grad`` output). Each parameter's
-  layer is the nearest ``nnx.Module`` above it in ``nnx.iter_graph``; a
-  shared parameter belongs to its first path, as in ``nnx.state``.
-* Linen modules create their submodules lazily, so
-  :func:`linen_fan_in_axes` runs ``module.init`` under
-  :func:`jax.eval_shape` (no arrays are computed) with
-  :func:`flax.linen.intercept_methods`, recording each submodule by scope
-  path, and the call's arguments where a rule needs them (``Einsum`` may
-  take its equation at call time). ``Partitioned`` boxes are seen through.
+
+The design (stacked layers, unknown layers, why plain ``centralize()``
+stays rank-based, how NNX and linen models are walked) is in the docs,
+``docs/layouts.md``, section "How ``optax_gc.flax`` reads a model".
 
 Example:
   >>> import optax
@@ -123,7 +89,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.linen import recurrent as _linen_recurrent
 
-from ._layouts import fan_in_size, keyname, layout_axes, normalize_axes
+from ._layouts import Axes, fan_in_size, rank_rule_axes
+from ._options import keyname, normalize_axes
 
 __all__ = [
     "UnknownLayerWarning",
@@ -131,9 +98,6 @@ __all__ = [
     "fan_in_axes",
     "linen_fan_in_axes",
 ]
-
-Axes: TypeAlias = tuple[int, ...] | None
-"""One parameter's fan-in axes, or ``None`` to leave it alone."""
 
 Rule: TypeAlias = Callable[[Any], Mapping[str, Axes]]
 """A layer's rule: given the layer, each parameter name to its fan-in axes.
@@ -571,10 +535,7 @@ class _Collector:
         self.missed.append(f"{where} {shape} in {type(layer).__name__}")
         if self.unknown == "leave":
             return None
-        rank_rule = layout_axes(len(shape), layout="channels_last", conv_only=False)
-        if rank_rule is None or fan_in_size(shape, rank_rule) == 1:
-            return None
-        return rank_rule
+        return rank_rule_axes(value)
 
     def warn(self, function: str) -> None:
         if not self.missed:

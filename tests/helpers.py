@@ -59,3 +59,23 @@ def random_tree(seed: int = 0) -> dict[str, Any]:
         "head": {"kernel": normal(6, 1)},
         "norm": {"scale": normal(6)},
     }
+
+
+def assert_leaves_close(
+    got: dict[str, Any],
+    want: dict[str, Any],
+    *,
+    label: str,
+    step: int,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+) -> None:
+    """Every leaf of a flat dict of arrays close to the reference's."""
+    for key in want:
+        np.testing.assert_allclose(
+            got[key],
+            want[key],
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"{label}: {key} after step {step}",
+        )

@@ -23,6 +23,7 @@ from optax_gc import _centralize
 # ------------------------------------------------------------ the scripts
 
 
+@pytest.mark.slow
 @pytest.mark.standard_promotion  # optax's sgd/adam count arithmetic
 def test_bench_update_quick_runs_and_writes_json(tmp_path, capsys) -> None:
     from benchmarks import bench_update
@@ -46,6 +47,7 @@ def test_bench_update_quick_runs_and_writes_json(tmp_path, capsys) -> None:
     assert "| tiny | sgdm | gc |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.standard_promotion
 def test_bench_step_quick_runs(capsys) -> None:
     from benchmarks import bench_step
@@ -58,6 +60,7 @@ def test_bench_step_quick_runs(capsys) -> None:
     assert "| sgdm |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_means_quick_runs() -> None:
     from benchmarks import bench_means
 

@@ -333,7 +333,7 @@ def test_nothing_available_says_what_to_do(offline, download):
     message = str(info.value)
     assert "Dataset 'fashion_mnist' not found." in message
     assert "sudo apt-get install dataset-fashion-mnist" in message
-    assert "--data-dir DIR" in message and "--config.data_dir=DIR" in message
+    assert "--config.data_dir=DIR for every example" in message
     assert "download=True" in message
     assert str(offline) in message and "no-debian" in message
     if download:

@@ -30,6 +30,7 @@ PAGES = [
     "layouts.md",
     "placement.md",
     "recipes.md",
+    "keras.md",
     "results.md",
     "performance.md",
     "api.md",
@@ -75,6 +76,7 @@ def test_every_page_exists_and_is_in_the_toctree():
 
 # Readers run this code under JAX's default dtype and rank promotion (and
 # optax's adam needs the former).
+@pytest.mark.slow
 @pytest.mark.standard_promotion
 @pytest.mark.parametrize(
     "page", [p for p in PAGES if (DOCS / p).is_file() and _programs(p)]
@@ -104,11 +106,16 @@ def _documented_names() -> set[str]:
 def _public_names() -> list[str]:
     """``optax_gc.__all__`` and ``optax_gc.flax.__all__``, fully qualified."""
     pytest.importorskip("flax")  # optax_gc.flax needs it
+    pytest.importorskip("keras")  # optax_gc.keras needs it
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     from optax_gc import flax as gc_flax
+    from optax_gc import keras as gc_keras
 
-    return [f"optax_gc.{n}" for n in optax_gc.__all__] + [
-        f"optax_gc.flax.{n}" for n in gc_flax.__all__
-    ]
+    return (
+        [f"optax_gc.{n}" for n in optax_gc.__all__]
+        + [f"optax_gc.flax.{n}" for n in gc_flax.__all__]
+        + [f"optax_gc.keras.{n}" for n in gc_keras.__all__]
+    )
 
 
 def test_api_reference_documents_every_public_name():
@@ -197,6 +204,7 @@ def test_offline_inventory_is_a_valid_empty_inventory():
     assert zlib.decompress(body) == b""
 
 
+@pytest.mark.slow
 def test_projection_figure_script(tmp_path):
     script = DOCS / "figures" / "make_projection_figure.py"
     spec = importlib.util.spec_from_file_location("make_projection_figure", script)
@@ -211,6 +219,7 @@ def test_projection_figure_script(tmp_path):
     assert (DOCS / "figures" / "projection.png").is_file()
 
 
+@pytest.mark.slow
 def test_docs_build_with_warnings_as_errors(tmp_path):
     # Outside CI a checkout without the docs extra skips; in CI (CI=true) the
     # build must run, so a missing Sphinx fails.

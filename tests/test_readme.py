@@ -37,6 +37,6 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_main_command_runs_the_comparison():
     assert any(
-        b.strip().endswith("python examples/compare.py") for b in _blocks("bash")
+        b.strip().endswith("python -m examples.compare") for b in _blocks("bash")
     )
-    assert (ROOT / "examples" / "compare.py").exists()
+    assert (ROOT / "examples" / "compare" / "__main__.py").exists()

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import enable_x64
+from helpers import assert_leaves_close, enable_x64
 from reference_optimizers import (
     COUPLED,
     DECOUPLED,
@@ -298,6 +298,23 @@ def _step(tx: optax.GradientTransformation):
     return step
 
 
+def paired_updates(
+    ours: optax.GradientTransformation,
+    theirs: optax.GradientTransformation,
+    *,
+    steps: int,
+) -> Any:
+    """Both transforms' updates, step by step, on the trajectory of ``ours``."""
+    params = _to_jax(init_params())
+    s1, s2 = ours.init(params), theirs.init(params)
+    for t in range(steps):
+        grads = _to_jax(problem_grads(_to_numpy(params), t))
+        u1, s1 = ours.update(grads, s1, params)
+        u2, s2 = theirs.update(grads, s2, params)
+        yield _to_numpy(u1), _to_numpy(u2)
+        params = optax.apply_updates(params, u1)
+
+
 def _jit_step(tx: optax.GradientTransformation):
     return jax.jit(_step(tx))
 
@@ -326,15 +343,9 @@ def run_against_reference(
         params, state, updates = step(params, state, grads)
         ref_grads = problem_grads(ref_params, t)
         ref_params, ref_state, _ = reference.step(ref_params, ref_grads, ref_state)
-        got = _to_numpy(params)
-        for key in ref_params:
-            np.testing.assert_allclose(
-                got[key],
-                ref_params[key],
-                rtol=RTOL,
-                atol=ATOL,
-                err_msg=f"{label}: {key} after step {t + 1}",
-            )
+        assert_leaves_close(
+            _to_numpy(params), ref_params, label=label, step=t + 1, rtol=RTOL, atol=ATOL
+        )
         applied.append(_to_numpy(updates))
     return applied
 
@@ -412,18 +423,11 @@ def test_recipe_is_the_documented_chain(name, apply_to):
             make_recipe(name, lr, kwargs),
             handwritten_chain(name, lr, kwargs),
         )
-        params = _to_jax(init_params())
-        s1, s2 = ours.init(params), theirs.init(params)
-        for t in range(3):
-            grads = _to_jax(problem_grads(_to_numpy(params), t))
-            u1, s1 = ours.update(grads, s1, params)
-            u2, s2 = theirs.update(grads, s2, params)
-            got, want = _to_numpy(u1), _to_numpy(u2)
+        for got, want in paired_updates(ours, theirs, steps=3):
             for key in PARAM_SHAPES:
                 np.testing.assert_allclose(
                     got[key], want[key], rtol=1e-12, atol=1e-15, err_msg=key
                 )
-            params = optax.apply_updates(params, u1)
 
 
 # --- GC is really applied, and only where it should be --------------------
@@ -482,19 +486,12 @@ def test_biases_and_norm_scales_are_never_centralized(name, apply_to):
     ours = make_recipe(name, lr, {"apply_to": apply_to, "weight_decay": 0.0})
     plain = _plain_optax(name, lr)
     with enable_x64():
-        params = _to_jax(init_params())
-        s1, s2 = ours.init(params), plain.init(params)
         differs = dict.fromkeys(KERNELS, 0.0)
-        for t in range(2):
-            grads = _to_jax(problem_grads(_to_numpy(params), t))
-            u1, s1 = ours.update(grads, s1, params)
-            u2, s2 = plain.update(grads, s2, params)
-            got, want = _to_numpy(u1), _to_numpy(u2)
+        for got, want in paired_updates(ours, plain, steps=2):
             for key in NOT_CENTRALIZED:
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-13, err_msg=key)
             for key in KERNELS:
                 differs[key] = max(differs[key], np.abs(got[key] - want[key]).max())
-            params = optax.apply_updates(params, u1)
     # (A sign step, lion's, can be centred already: 8 of 16 entries +lr.)
     for key, diff in differs.items():
         assert diff > 1e-8, key

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import enable_x64
+from helpers import assert_leaves_close, enable_x64
 from reference_optimizers import (
     COUPLED,
     PARAM_SHAPES,
@@ -308,14 +308,7 @@ def _run_torch(
 
 def _assert_same(got, want, label):
     for t, (g, w) in enumerate(zip(got, want, strict=True)):
-        for key in PARAM_SHAPES:
-            np.testing.assert_allclose(
-                g[key],
-                w[key],
-                rtol=RTOL,
-                atol=ATOL,
-                err_msg=f"{label}: {key} after step {t + 1}",
-            )
+        assert_leaves_close(g, w, label=label, step=t + 1, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)

@@ -74,6 +74,7 @@ class _NNXCNN(nnx.Module):
         return self.head(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gc", [True, False])
 def test_nnx_sgd_keeps_fan_in_sums_fixed(digits, gc):
     model = _NNXCNN(nnx.Rngs(0))
@@ -100,6 +101,7 @@ class _LinenCNN(linen.Module):
         return linen.Dense(10)(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gc", [True, False])
 def test_linen_sgd_keeps_fan_in_sums_fixed(digits, gc):
     x0, _ = digits

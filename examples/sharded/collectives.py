@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from examples.common import cnn, diagnostics, optim
 from examples.sharded import train
 
 OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -165,7 +166,7 @@ def compiled_step_hlo(
     """
     mesh = train.make_mesh(tuple(config.mesh_shape))
     model = train.abstract_model(config, input_shape, classes)
-    tx = train.make_optimizer(config)
+    tx = optim.create_optimizer(config)
     s = train.make_shardings(config, mesh, model, tx)
 
     def abstract(tree: Any, shardings: Any) -> Any:
@@ -199,7 +200,7 @@ def fan_in_sharded(params: Any, specs: Any, *, conv_only: bool) -> dict[str, int
     out = {}
     named = train.named_specs(specs)
     for path, x in jax.tree_util.tree_leaves_with_path(params):
-        name = train.leaf_name(path)
+        name = diagnostics.leaf_name(path)
         centralized = x.ndim > 3 if conv_only else x.ndim >= 2
         if centralized and any(a is not None for a in tuple(named[name])[:-1]):
             out[name] = x.shape[-1]
@@ -236,7 +237,7 @@ def report(config: ml_collections.ConfigDict) -> dict[str, Any]:
       fan_out}`` for each kernel sharded along a fan-in axis, whose
       ``f32[fan_out]`` all-reduce over ``fsdp`` GC should add.
     """
-    data = train.load_data(config)
+    data = cnn.load_data(config)
     input_shape, classes = data.train_images.shape[1:], data.num_classes
     mesh = train.make_mesh(tuple(config.mesh_shape))
     found = {}

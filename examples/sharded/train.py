@@ -33,8 +33,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
-import optax_gc
 from examples import datasets
+from examples.common import cnn, diagnostics, evaluate, optim
 from examples.nnx_cnn.models import CNN
 
 AXES = ("data", "fsdp")
@@ -112,17 +112,12 @@ def param_specs(params: Any, *, fsdp_size: int, min_size: int) -> Any:
     )
 
 
-def leaf_name(path: tuple) -> str:
-    """``dense2/kernel`` for an ``nnx.State`` key path (``.value`` left out)."""
-    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-
-
 def named_specs(specs: Any) -> dict[str, P]:
     """``{"dense2/kernel": PartitionSpec(...), ...}`` from a tree of specs."""
     flat = jax.tree_util.tree_leaves_with_path(
         specs, is_leaf=lambda s: isinstance(s, P)
     )
-    return {leaf_name(path): spec for path, spec in flat}
+    return {diagnostics.leaf_name(path): spec for path, spec in flat}
 
 
 def shard_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -142,28 +137,6 @@ def shard_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 # ------------------------------------------------------------ the model
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The configured optimizer, with ``optax_gc.centralize()`` ahead of it.
-
-    Args:
-      config: ``optimizer`` ("sgd" or "adam"), ``learning_rate``,
-        ``momentum`` (SGD; 0 or None for none), ``gc`` and ``conv_only``.
-
-    Returns:
-      ``optax.chain(optax_gc.centralize(...), optimizer)``, or the optimizer
-      alone if ``config.gc`` is False.
-    """
-    if config.optimizer == "sgd":
-        tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
-    elif config.optimizer == "adam":
-        tx = optax.adam(config.learning_rate)
-    else:
-        raise ValueError(f"config.optimizer={config.optimizer!r}: use 'sgd' or 'adam'.")
-    if config.gc:
-        return optax.chain(optax_gc.centralize(conv_only=config.conv_only), tx)
-    return tx
 
 
 class Model(NamedTuple):
@@ -221,10 +194,6 @@ def init_model(
     return jax.jit(init, out_shardings=(params_sharding, rest_sharding))()
 
 
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation
 ) -> Callable[..., Any]:
@@ -237,7 +206,8 @@ def make_train_step(
 
     def train_step(params: Any, opt_state: Any, rest: Any, x: jax.Array, y: jax.Array):
         def loss_fn(model: nnx.Module) -> jax.Array:
-            return _cross_entropy(model(x), y).mean()
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         model = nnx.merge(graphdef, params, rest)
         loss, grads = nnx.value_and_grad(loss_fn)(model)
@@ -252,19 +222,15 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable[..., Any]:
     """The pure eval step, without dropout.
 
     Returns:
-      ``step(params, rest, x, y, weight) -> (loss, accuracy)``, both
-      averaged with ``weight`` (0 for padding rows).
+      ``step(params, rest, x, y, weight) -> (loss sum, hits)`` over the rows
+      of weight 1 (0 for padding rows; see ``examples/common/evaluate.py``).
     """
 
     def eval_step(
         params: Any, rest: Any, x: jax.Array, y: jax.Array, weight: jax.Array
     ):
         model = nnx.view(nnx.merge(graphdef, params, rest), deterministic=True)
-        logits = model(x)
-        total = weight.sum()
-        loss = (_cross_entropy(logits, y) * weight).sum() / total
-        correct = (logits.argmax(-1) == y).astype(weight.dtype)
-        return loss, (correct * weight).sum() / total
+        return evaluate.weighted_sums(model(x), y, weight)
 
     return eval_step
 
@@ -351,19 +317,6 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator:
         yield perm[i * batch_size : (i + 1) * batch_size]
 
 
-def _padded(
-    x: np.ndarray, y: np.ndarray, multiple: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``x``, ``y`` padded to a multiple of ``multiple`` rows, and row weights."""
-    pad = -len(y) % multiple
-    weight = np.concatenate([np.ones(len(y)), np.zeros(pad)]).astype(np.float32)
-    return (
-        np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
-        np.concatenate([y, np.zeros(pad, y.dtype)]),
-        weight,
-    )
-
-
 def to_host(tree: Any) -> Any:
     """NumPy copies of a tree's arrays, whole even where other hosts hold shards."""
 
@@ -402,8 +355,6 @@ def train(
       compilation included) and ``devices``.
     """
     x_train, y_train = data.train_images, data.train_labels
-    if config.train_limit is not None:
-        x_train, y_train = x_train[: config.train_limit], y_train[: config.train_limit]
     if len(y_train) < config.batch_size:
         raise ValueError(
             f"config.batch_size={config.batch_size} is larger than the "
@@ -417,7 +368,7 @@ def train(
         )
     input_shape = x_train.shape[1:]
     model = abstract_model(config, input_shape, data.num_classes)
-    tx = make_optimizer(config)
+    tx = optim.create_optimizer(config)
     shardings = None if mesh is None else make_shardings(config, mesh, model, tx)
     train_step = jit_train_step(model.graphdef, tx, shardings)
     eval_step = jax.jit(make_eval_step(model.graphdef))
@@ -447,13 +398,16 @@ def train(
     # them on one device.
     opt_state = jax.jit(tx.init, out_shardings=opt_state_at)(params)
 
-    def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        # Padded with zero-weight rows so any set splits evenly over devices.
-        loss, acc = eval_step(params, rest, *map(put_batch, _padded(x, y, n_dev)))
-        return float(loss), float(acc)
+    def held_out(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        # Batches of a multiple of n_dev rows, so that they split evenly.
+        batches = evaluate.padded_batches(x, y, config.eval_batch_size, multiple=n_dev)
+        res = evaluate.evaluate(
+            lambda *batch: eval_step(params, rest, *map(put_batch, batch)), batches
+        )
+        return res["loss"], res["accuracy"]
 
     params0 = to_host(params)
-    initial_train_loss, _ = evaluate(x_train, y_train)
+    initial_train_loss, _ = held_out(x_train, y_train)
     rng = np.random.default_rng(config.seed)
     losses: list[float] = []
     history, epoch_params = [], []
@@ -465,7 +419,7 @@ def train(
             params, opt_state, rest, loss = train_step(params, opt_state, rest, x, y)
             epoch_losses.append(loss)
         losses += [float(v) for v in epoch_losses]
-        test_loss, test_acc = evaluate(data.test_images, data.test_labels)
+        test_loss, test_acc = held_out(data.test_images, data.test_labels)
         history.append(
             {
                 "epoch": epoch,
@@ -477,7 +431,7 @@ def train(
         if keep_epoch_params:
             epoch_params.append(to_host(params))
     seconds = time.perf_counter() - start
-    train_loss, train_acc = evaluate(x_train, y_train)
+    train_loss, train_acc = held_out(x_train, y_train)
     return {
         "params0": params0,
         "params": to_host(params),
@@ -494,28 +448,6 @@ def train(
     }
 
 
-def kernel_changes(params0: Any, params: Any) -> dict[str, dict[str, float]]:
-    """How far each kernel moved, and how far its fan-in weight sums moved.
-
-    Computed in float64 from the float32 weights (Flax layout: the fan-in is
-    every axis but the last). GC with SGD, with or without momentum and
-    without weight decay, keeps the sums where they started, to rounding.
-
-    Returns:
-      ``{"weight": {kernel: largest |change of a weight|}, "fan_in_sum":
-      {kernel: largest |change of an output unit's fan-in weight sum|}}``.
-    """
-    out: dict[str, dict[str, float]] = {"weight": {}, "fan_in_sum": {}}
-    flat0 = jax.tree_util.tree_leaves_with_path(params0)
-    for (path, w0), w in zip(flat0, jax.tree.leaves(params), strict=True):
-        if w0.ndim >= 2:
-            d = np.asarray(w, np.float64) - np.asarray(w0, np.float64)
-            sums = d.sum(tuple(range(d.ndim - 1)))
-            out["weight"][leaf_name(path)] = float(np.abs(d).max())
-            out["fan_in_sum"][leaf_name(path)] = float(np.abs(sums).max())
-    return out
-
-
 def max_difference(a: Any, b: Any) -> dict[str, float]:
     """The largest absolute and relative difference between two trees.
 
@@ -528,11 +460,6 @@ def max_difference(a: Any, b: Any) -> dict[str, float]:
         abs_diff = max(abs_diff, d)
         rel_diff = max(rel_diff, d / max(float(np.abs(y).max()), 1e-30))
     return {"max_abs": abs_diff, "max_rel": rel_diff}
-
-
-def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
-    """The configured data set (see ``examples/datasets.py``)."""
-    return datasets.load(config.dataset, data_dir=config.data_dir)
 
 
 def train_and_evaluate(
@@ -552,11 +479,11 @@ def train_and_evaluate(
       What it writes to ``metrics.json``: the mesh, each param's
       ``PartitionSpec``, final losses and accuracies, the per-epoch history,
       per-step losses, each kernel's ``weight_change`` and
-      ``fan_in_sum_change`` (see ``kernel_changes``), and (if compared)
+      ``fan_in_sum_change`` (see ``examples/common/diagnostics.py``), and (if compared)
       ``single_device``: its test accuracy, the largest difference of the
       step losses and, per epoch, of the params (``max_abs``, ``max_rel``).
     """
-    data = load_data(config)
+    data = cnn.load_data(config)
     mesh = make_mesh(tuple(config.mesh_shape))
     compare = config.compare_single_device
     sharded = train(config, data, mesh, keep_epoch_params=compare)
@@ -572,7 +499,8 @@ def train_and_evaluate(
         sharded["params0"], fsdp_size=mesh.shape["fsdp"], min_size=config.min_shard_size
     )
     metrics["param_specs"] = {k: list(v) for k, v in named_specs(specs).items()}
-    changes = kernel_changes(sharded["params0"], sharded["params"])
+    kernels = diagnostics.gc_axes(sharded["params0"])
+    changes = diagnostics.kernel_changes(sharded["params0"], sharded["params"], kernels)
     metrics["weight_change"] = changes["weight"]
     metrics["fan_in_sum_change"] = changes["fan_in_sum"]
     if compare:

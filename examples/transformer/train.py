@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import math
 import os
 import platform
 import re
@@ -46,6 +45,7 @@ import optax
 from flax import nnx
 
 import optax_gc
+from examples.common import diagnostics, optim, stats
 from examples.transformer.models import CharTransformer
 from optax_gc.flax import fan_in_axes
 
@@ -65,11 +65,6 @@ ARMS = ("gc", "baseline", "rank_rule")
 # gradient: float32 rounding gives about 1e-7 after GC; raw gradients 1e-2+.
 CENTRED_BELOW = 1e-5
 UNCENTRED_ABOVE = 1e-3
-# t quantiles for two-sided 95% intervals, by degrees of freedom (scipy-free).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
-       8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160,
-       14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-       20: 2.086, 25: 2.060, 30: 2.042}  # fmt: skip
 
 
 def _docstrings(module: Any) -> list[str]:
@@ -146,86 +141,14 @@ def windows(ids: np.ndarray, starts: np.ndarray, context: int) -> np.ndarray:
 
 def make_model(config: ml_collections.ConfigDict, vocab_size: int, seed: int):
     """The transformer of the config, initialised from ``nnx.Rngs(seed)``."""
-    return CharTransformer(
-        vocab_size,
-        context=config.context,
-        dim=config.dim,
-        heads=config.heads,
-        layers=config.layers,
-        mlp_ratio=config.mlp_ratio,
-        rngs=nnx.Rngs(seed),
-    )
+    sizes = {k: config[k] for k in ("context", "dim", "heads", "layers", "mlp_ratio")}
+    return CharTransformer(vocab_size, **sizes, rngs=nnx.Rngs(seed))
 
 
 def loss_fn(model: CharTransformer, batch: jax.Array) -> jax.Array:
     """Mean next-character cross-entropy (nats per character)."""
     logits = model(batch[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-
-
-def name_of(path: Sequence[Any]) -> str:
-    """``blocks/0/attn/query/kernel`` from a key path."""
-    # Attribute reads (an nnx.Variable's .value) are boxes, not names.
-    return "/".join(
-        str(k.key if isinstance(k, jax.tree_util.DictKey) else k.idx)
-        for k in path
-        if not isinstance(k, jax.tree_util.GetAttrKey)
-    )
-
-
-def _is_axes(v: Any) -> bool:
-    """One entry of a fan-in axes tree: a tuple of axes or None."""
-    return v is None or isinstance(v, tuple)
-
-
-def kernel_axes(axes: dict) -> dict[str, tuple[int, ...]]:
-    """The leaves of a fan-in axes tree that have axes, by name."""
-    flat = jax.tree_util.tree_flatten_with_path(axes, is_leaf=_is_axes)[0]
-    return {name_of(p): a for p, a in flat if a is not None}
-
-
-def unit_ratios(tree: Any, axes: dict[str, tuple[int, ...]]) -> dict[str, jax.Array]:
-    """Per kernel and output unit: |mean over its fan-in axes| / RMS of the kernel.
-
-    About 1e-7 (float32 rounding) for a centralized gradient, of order 1e-2 to
-    1 for a raw one, whatever its scale. The result has the output axes'
-    shape: (heads, head_dim) for an attention query kernel.
-    """
-    out = {}
-    for path, g in jax.tree_util.tree_leaves_with_path(tree):
-        name = name_of(path)
-        if name in axes:
-            rms = jnp.sqrt(jnp.mean(jnp.square(g)))
-            mean = jnp.mean(g, axis=axes[name])
-            out[name] = jnp.abs(mean) / (rms + jnp.finfo(g.dtype).tiny)
-    return out
-
-
-def fan_in_probe(axes: dict[str, tuple[int, ...]]) -> optax.GradientTransformation:
-    """Identity on the updates; its state keeps :func:`unit_ratios`' running max.
-
-    Put right ahead of the optimizer, it measures what the optimizer receives:
-    the centralized gradient in the GC arm, the raw one in the baseline.
-    """
-
-    def init_fn(params: optax.Params) -> dict[str, jax.Array]:
-        return {k: jnp.zeros_like(v) for k, v in unit_ratios(params, axes).items()}
-
-    def update_fn(updates, state, params=None):
-        del params
-        new = unit_ratios(updates, axes)
-        return updates, {k: jnp.maximum(state[k], new[k]) for k in state}
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer every arm shares."""
-    if config.optimizer == "adam":
-        return optax.adam(config.learning_rate)
-    if config.optimizer == "sgd":
-        return optax.sgd(config.learning_rate, momentum=config.momentum or None)
-    raise ValueError(f"optimizer={config.optimizer!r}: use 'adam' or 'sgd'.")
 
 
 def arm_tx(
@@ -237,7 +160,7 @@ def arm_tx(
         "baseline": optax.identity(),
         "rank_rule": optax_gc.centralize(),
     }[arm]
-    return optax.chain(gc, fan_in_probe(kernels), base)
+    return optax.chain(gc, diagnostics.fan_in_probe(kernels), base)
 
 
 @nnx.jit
@@ -293,57 +216,22 @@ def train_run(
     }
 
 
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
-    v = np.asarray(values, np.float64)
-    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    return {"mean": float(v.mean()), "std": std, "values": v.tolist()}
-
-
-def t95(dof: int) -> float:
-    """The two-sided 95% t quantile (table; largest tabulated dof below)."""
-    return T95[max(d for d in T95 if d <= dof)] if dof <= 30 else 1.96
-
-
-def paired_ci(diffs: Sequence[float]) -> dict[str, Any]:
-    """Mean of paired differences with a 95% t interval (n - 1 dof)."""
-    d = np.asarray(diffs, np.float64)
-    mean = float(d.mean())
-    if len(d) < 2:
-        return {"mean": mean, "ci_low": None, "ci_high": None, "values": d.tolist()}
-    half = t95(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return {
-        "mean": mean,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
-        "values": d.tolist(),
-    }
-
-
-def verdict(ci: dict[str, Any], arm: str) -> str:
-    """Lower loss is better: ``arm`` better / worse / no significant difference."""
-    if ci["ci_low"] is None:
-        return "no confidence interval from one seed"
-    if ci["ci_high"] < 0:
-        return f"{arm} better"
-    if ci["ci_low"] > 0:
-        return f"{arm} worse"
-    return "no significant difference at 95%"
-
-
 def rank_rule_differences(model: CharTransformer, axes: dict) -> list[dict[str, Any]]:
     """Leaves where plain ``centralize()``'s rank rule picks other axes."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     rank = optax_gc.default_reduction_axes(params)
-    ours = jax.tree_util.tree_flatten_with_path(axes, is_leaf=_is_axes)[0]
-    theirs = dict(jax.tree_util.tree_flatten_with_path(rank, is_leaf=_is_axes)[0])
+    ours = jax.tree_util.tree_flatten_with_path(axes, is_leaf=diagnostics.is_axes)[0]
+    theirs = dict(
+        jax.tree_util.tree_flatten_with_path(rank, is_leaf=diagnostics.is_axes)[0]
+    )
     shapes = {
-        name_of(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)
+        diagnostics.leaf_name(p): x.shape
+        for p, x in jax.tree_util.tree_leaves_with_path(params)
     }
     return [
         {
-            "param": name_of(p),
-            "shape": list(shapes[name_of(p)]),
+            "param": diagnostics.leaf_name(p),
+            "shape": list(shapes[diagnostics.leaf_name(p)]),
             "fan_in_axes": a,
             "rank_rule": theirs[p],
         }
@@ -371,15 +259,15 @@ def untouched_check(
     grads = nnx.to_pure_dict(nnx.state(nnx.grad(loss_fn)(model, batch), nnx.Param))
     gc = optax_gc.centralize(reduction_axes=axes)
     out = dict(jax.tree_util.tree_leaves_with_path(gc.update(grads, gc.init(grads))[0]))
-    kernels = kernel_axes(axes)
+    kernels = diagnostics.named_axes(axes)
     changed: dict[str, float] = {}
     alone: dict[str, list[float]] = {}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         diff = float(jnp.abs(out[path] - g).max())
-        if name_of(path) in kernels:
-            changed[name_of(path)] = diff / float(jnp.abs(g).max())
+        if diagnostics.leaf_name(path) in kernels:
+            changed[diagnostics.leaf_name(path)] = diff / float(jnp.abs(g).max())
         else:
-            alone.setdefault(kind_of(name_of(path)), []).append(diff)
+            alone.setdefault(kind_of(diagnostics.leaf_name(path)), []).append(diff)
     return {
         "kernels_changed": changed,
         "left_alone": {
@@ -395,7 +283,7 @@ def hyperplane_check(
 
     Returns the numbers and the model the GC arm trained.
     """
-    kernels = kernel_axes(axes)
+    kernels = diagnostics.named_axes(axes)
     rng = np.random.default_rng(0)
     starts = rng.integers(
         0,
@@ -419,21 +307,19 @@ def hyperplane_check(
         for s in starts:
             _check_step(model, optimizer, windows(corpus.train, s, config.context))
         after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        sums, moved, others = 0.0, 0.0, {}
-        for (path, w0), w1 in zip(
-            jax.tree_util.tree_leaves_with_path(before),
-            jax.tree.leaves(after),
-            strict=True,
-        ):
-            d = np.asarray(w1, np.float64) - np.asarray(w0, np.float64)
-            name = name_of(path)
-            if name in kernels:
-                sums = max(sums, float(np.abs(d.sum(kernels[name])).max()))
-                moved = max(moved, float(np.abs(d).max()))
-            else:
-                kind = kind_of(name)
-                others[kind] = max(others.get(kind, 0.0), float(np.abs(d).max()))
-        out[arm] = {"sum_change": sums, "kernel_change": moved, "other_change": others}
+        changes = diagnostics.kernel_changes(before, after, kernels)
+        # Embeddings, norms and biases: the largest change of each kind.
+        others: dict[str, float] = {}
+        flat = jax.tree_util.tree_leaves_with_path(before)
+        for (path, w0), w1 in zip(flat, jax.tree.leaves(after), strict=True):
+            if (name := diagnostics.leaf_name(path)) not in kernels:
+                d = float(np.abs(np.subtract(w1, w0, dtype=np.float64)).max())
+                others[kind_of(name)] = max(others.get(kind_of(name), 0.0), d)
+        out[arm] = {
+            "sum_change": max(changes["fan_in_sum"].values()),
+            "kernel_change": max(changes["weight"].values()),
+            "other_change": others,
+        }
         trained[arm] = model
     return out, trained["gc"]
 
@@ -448,7 +334,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     metrics = ("train_loss", "held_out_loss", "step_ms")
     summary: dict[str, Any] = {
         "arms": {
-            arm: {m: mean_std([r[m] for r in rs]) for m in metrics}
+            arm: {m: stats.mean_std([r[m] for r in rs]) for m in metrics}
             | {"first_step_s": rs[0]["first_step_s"]}
             for arm, rs in runs.items()
         },
@@ -460,11 +346,14 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             continue
         base = runs["baseline"]
         diff = {
-            m: paired_ci([a[m] - b[m] for a, b in zip(rs, base, strict=True)])
+            m: stats.paired_ci([a[m] - b[m] for a, b in zip(rs, base, strict=True)])
             for m in ("train_loss", "held_out_loss")
         }
         summary["difference"][arm] = diff
-        summary["verdicts"][arm] = {m: verdict(ci, arm) for m, ci in diff.items()}
+        summary["verdicts"][arm] = {
+            m: stats.verdict(ci, higher_is_better=False, arm=arm)
+            for m, ci in diff.items()
+        }
     return summary
 
 
@@ -492,29 +381,9 @@ def gc_active(runs: dict[str, list[dict[str, Any]]], heads: int) -> dict[str, An
     return out
 
 
-def _pm(stat: dict[str, Any], fmt: str) -> str:
-    if len(stat["values"]) < 2:
-        return f"{stat['mean']:{fmt}}"
-    return f"{stat['mean']:{fmt}} ± {stat['std']:{fmt}}"
-
-
-def _ci(ci: dict[str, Any], fmt: str) -> str:
-    if ci["ci_low"] is None:
-        return f"{ci['mean']:+{fmt}} [n/a]"
-    return f"{ci['mean']:+{fmt}} [{ci['ci_low']:+{fmt}}, {ci['ci_high']:+{fmt}}]"
-
-
 def _axes_text(axes: Sequence[int] | None) -> str:
     """``(0, 1)`` or ``None``, also for axes read back from JSON (lists)."""
     return "None" if axes is None else str(tuple(axes))
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in rows
-    ]
 
 
 def report(res: dict[str, Any]) -> str:
@@ -550,10 +419,10 @@ def report(res: dict[str, Any]) -> str:
         ("step_ms", "ms per step", ".1f"),
     ):
         diffs = [
-            _ci(s["difference"][a][m], fmt) if m in s["difference"][a] else ""
+            stats.ci_text(s["difference"][a][m], fmt) if m in s["difference"][a] else ""
             for a in s["difference"]
         ]
-        rows.append((label, *(_pm(s["arms"][a][m], fmt) for a in arms), *diffs))
+        rows.append((label, *(stats.pm(s["arms"][a][m], fmt) for a in arms), *diffs))
     rows.append(
         (
             "compile + step 1 (s)",
@@ -561,7 +430,7 @@ def report(res: dict[str, Any]) -> str:
             *("" for _ in s["difference"]),
         )
     )
-    lines += ["", *_table(rows)]
+    lines += ["", *stats.text_table(rows)]
     for arm, v in s["verdicts"].items():
         lines.append(
             f"Verdict, {arm}: held-out loss: {v['held_out_loss']}; train loss: "
@@ -586,7 +455,7 @@ def report(res: dict[str, Any]) -> str:
                     ),
                 )
             )
-    lines += _table(rows)
+    lines += stats.text_table(rows)
     top = res["active"]
     lines.append(
         f"GC active: {top['verdict']} (largest {top['gc']:.1e} with GC vs "
@@ -643,7 +512,7 @@ def train_and_evaluate(
     corpus = make_corpus(config)
     model = make_model(config, len(corpus.vocab), 0)
     axes = fan_in_axes(model)
-    kernels = kernel_axes(axes)
+    kernels = diagnostics.named_axes(axes)
     pick = np.random.default_rng(12345)  # the same evaluation windows for all
     eval_sets = {
         name: windows(
@@ -653,7 +522,9 @@ def train_and_evaluate(
         )
         for name, ids in (("train", corpus.train), ("held_out", corpus.held_out))
     }
-    base = base_optimizer(config)
+    base = optim.base_optimizer(
+        config.optimizer, config.learning_rate, momentum=config.momentum
+    )
     runs: dict[str, list[dict[str, Any]]] = {}
     for arm in arms:
         tx = arm_tx(arm, axes, kernels, base)  # one per arm: one compilation

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import optax_gc
+from examples.common import diagnostics
 from examples.transformer import train
 from examples.transformer.configs import default
 from optax_gc.flax import fan_in_axes
@@ -82,7 +83,7 @@ def test_compares_arms_and_checks_gc(tmp_path):
     # on the embeddings; it agrees on the unstacked head and final norm.
     differ = {d["param"] for d in res["rank_rule_differences"]}
     stacked = {
-        train.name_of(p)
+        diagnostics.leaf_name(p)
         for p, _ in jax.tree_util.tree_leaves_with_path(
             nnx.to_pure_dict(
                 nnx.state(train.make_model(tiny_config(), 8, 0), nnx.Param)
@@ -115,12 +116,12 @@ def test_sgd_keeps_every_fan_in_sum():
     ]
     assert losses[-1] < losses[0]
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    kernels = train.kernel_axes(axes)
+    kernels = diagnostics.named_axes(axes)
     assert len(kernels) == 7  # query, key, value, out, mlp up and down, head
     for (path, w0), w1 in zip(
         jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after), strict=True
     ):
-        name = train.name_of(path)
+        name = diagnostics.leaf_name(path)
         w0, w1 = np.asarray(w0, np.float64), np.asarray(w1, np.float64)
         if name in kernels:
             a = kernels[name]

@@ -1,0 +1,1 @@
+"""What the examples share: one helper per job (see README.md here)."""

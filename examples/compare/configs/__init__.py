@@ -1,0 +1,1 @@
+"""Default hyperparameters of the Flax NNX example."""
