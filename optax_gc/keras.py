@@ -207,7 +207,7 @@ class GradientCentralization(keras.optimizers.Optimizer):
 
     def centralize(self, grads: Sequence[Any], variables: Sequence[Any]) -> list:
         """The gradients, each centralized over its variable's fan-in axes."""
-        out = []
+        out: list[Any] = []
         for g, v in zip(grads, variables, strict=True):
             if g is None:
                 out.append(g)
