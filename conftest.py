@@ -14,7 +14,7 @@ imported:
 * the markers ``standard_promotion`` and ``slow``. ``slow`` is the Sphinx
   build, the docs pages' code, real training (every ``examples/*/*_test.py``
   and ``tests/test_training.py``) and the benchmark smoke runs:
-  ``pytest -m "not slow"`` runs the core alone in about a minute; plain
+  ``pytest -m "not slow"`` runs the core alone; plain
   ``pytest`` (the README's command) runs everything;
 * the examples' ``main.py`` and ``__main__.py`` files are not collected: each
   defines absl flags (or runs) when imported, and ``--doctest-modules``
