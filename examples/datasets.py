@@ -1,6 +1,6 @@
 """Image classification data for the examples, offline first.
 
-Three datasets, all as ``(N, H, W, C)`` float32 images in ``[0, 1]`` and int32
+Four datasets, all as ``(N, H, W, C)`` float32 images in ``[0, 1]`` and int32
 labels:
 
 * ``digits``: the 1,797 8x8 digits bundled with scikit-learn. No files, no
@@ -8,6 +8,13 @@ labels:
 * ``fashion_mnist`` and ``mnist``: 28x28 images in the IDX format of the
   original distributions (``train-images-idx3-ubyte.gz`` and its three
   siblings, gzipped or not).
+* ``horses_or_humans``: the 1,027 training and 256 validation 300x300 PNGs of
+  Laurence Moroney's two published zips (``horses/*.png``, ``humans/*.png``),
+  decoded with Pillow to RGB and resized (default 150x150, the size the
+  article trained at); label 0 horses, 1 humans, as Keras'
+  ``flow_from_directory`` orders them. :func:`load_horses_or_humans` looks in
+  ``data_dir`` (the two zips, not hashed), then the cache, then downloads
+  them, checking each zip's size and SHA-256.
 
 Where :func:`load` looks for IDX files, in order:
 
@@ -33,10 +40,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import math
 import os
 import tempfile
 import urllib.request
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -67,7 +76,9 @@ class Dataset(NamedTuple):
     source: str
 
 
-DATASETS = ("digits", "fashion_mnist", "mnist")
+# The ten-class sets and the two-class image zips.
+TEN_CLASS = ("digits", "fashion_mnist", "mnist")
+DATASETS = (*TEN_CLASS, "horses_or_humans")
 
 # The four IDX files of an MNIST-style dataset, in Dataset field order.
 IDX_FILES = (
@@ -119,6 +130,23 @@ SHA256: dict[str, dict[str, str]] = {
     },
 }
 
+# Horses or Humans (Laurence Moroney, CC BY 2.0): the two zips, their byte
+# sizes and SHA-256s, and the class folders inside, in label order.
+HORSES_OR_HUMANS_URL = "https://storage.googleapis.com/learning-datasets/"
+HORSES_OR_HUMANS_ZIPS: dict[str, tuple[int, str]] = {
+    "horse-or-human.zip": (
+        149_574_867,
+        "e2e6f70d3d549c5dd10a57165e55af253ee66ad750403f95c0fb76bb943633a9",
+    ),
+    "validation-horse-or-human.zip": (
+        11_480_187,
+        "ae5fff2f4f5554791f05358108e2e05d9801b191f1896ea101402f0e7f6c32c0",
+    ),
+}
+HORSES_OR_HUMANS_CLASSES = ("horses", "humans")
+HORSES_OR_HUMANS_SIZE = 150
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
 # Debian/Ubuntu packages that ship a dataset: package name and directory.
 # (`apt-cache search mnist` lists only dataset-fashion-mnist.)
 DEBIAN_PACKAGES: dict[str, tuple[str, str]] = {
@@ -146,17 +174,20 @@ def load(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
+    image_size: int = HORSES_OR_HUMANS_SIZE,
 ) -> Dataset:
     """Loads a dataset by name, from local files first (see the module doc).
 
     Args:
         name: One of :data:`DATASETS`.
-        data_dir: A directory holding the four IDX files (``.gz`` or not).
-            When given it is the only place looked at. Ignored for
-            ``digits``.
+        data_dir: A directory holding the four IDX files (``.gz`` or not), or
+            the two Horses or Humans zips. When given it is the only place
+            looked at. Ignored for ``digits``.
         cache_dir: Where downloads go and are looked for; default
             :func:`default_cache_dir` of ``name``.
         download: Whether to download the files when they are nowhere local.
+        image_size: Side of the square Horses or Humans images (ignored for
+            the other datasets).
 
     Returns:
         The :class:`Dataset`.
@@ -175,9 +206,19 @@ def load(
         ((1438, 8, 8, 1), (359, 8, 8, 1), 10)
     """
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
+        raise ValueError(
+            f"Unknown dataset {name!r}: use one of {TEN_CLASS} (10 classes) or "
+            "'horses_or_humans' (2 classes)."
+        )
     if name == "digits":
         return load_digits()
+    if name == "horses_or_humans":
+        return load_horses_or_humans(
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            download=download,
+            image_size=image_size,
+        )
     directory = find_idx_dir(
         name, data_dir=data_dir, cache_dir=cache_dir, download=download
     )
@@ -402,7 +443,9 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dest: str | os.PathLike, *, sha256: str) -> Path:
+def download_file(
+    url: str, dest: str | os.PathLike, *, sha256: str, size: int | None = None
+) -> Path:
     """Downloads ``url`` to ``dest`` if, and only if, its SHA-256 matches.
 
     The data goes to a temporary file next to ``dest``, is hashed while it is
@@ -413,12 +456,13 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str) -> Path:
         url: What to fetch (any scheme ``urllib`` opens, ``file://`` too).
         dest: Where to put it; its directory is created.
         sha256: The expected SHA-256, hex.
+        size: The expected size in bytes, if known (checked first).
 
     Returns:
         ``dest``.
 
     Raises:
-        ValueError: If the SHA-256 differs (nothing is kept).
+        ValueError: If the size or the SHA-256 differs (nothing is kept).
         OSError: If the download fails (nothing is kept).
     """
     dest = Path(dest)
@@ -426,11 +470,18 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
+        digest, written = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
             for chunk in iter(lambda: r.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
+                written += len(chunk)
+        if size is not None and written != size:
+            raise ValueError(
+                f"Size mismatch for {url}: got {written} bytes, expected {size}. "
+                "The download was deleted; try again, or get the file another "
+                "way (see the data_dir option)."
+            )
         if digest.hexdigest() != sha256.lower():
             raise ValueError(
                 f"SHA-256 mismatch for {url}: got {digest.hexdigest()}, expected "
@@ -491,6 +542,224 @@ def _not_found_message(name: str, looked: list[str], reason: str) -> str:
             "python -m examples.compare)",
             f"  - download it (download=True, the default; needs network access "
             f"to {URLS[name]})",
+            "  - or use the bundled scikit-learn digits (dataset 'digits').",
+        ]
+    )
+
+
+# --- Horses or Humans: two zips of PNGs ----------------------------------------
+
+
+def load_horses_or_humans(
+    *,
+    data_dir: _Dir = None,
+    cache_dir: _Dir = None,
+    download: bool = True,
+    image_size: int = HORSES_OR_HUMANS_SIZE,
+) -> Dataset:
+    """Horses or Humans: the training zip as train set, the validation zip as test.
+
+    Each PNG is decoded with Pillow, converted to RGB (some are RGBA),
+    resized to ``image_size`` x ``image_size`` (bilinear, as Keras'
+    ``flow_from_directory(target_size=...)`` does) and scaled by 1/255, the
+    article's ``rescale=1/255``.
+
+    Args:
+        data_dir: A directory holding ``horse-or-human.zip`` and
+            ``validation-horse-or-human.zip``; when given, the only place
+            looked at (the zips are read, not hashed, as for IDX files).
+        cache_dir: Where downloads go and are looked for; default
+            :func:`default_cache_dir` of ``"horses_or_humans"``. Cached zips
+            are checked (size and SHA-256) on every load.
+        download: Whether to download the zips when they are nowhere local.
+        image_size: Side of the square images.
+
+    Returns:
+        The :class:`Dataset`, images ``(N, image_size, image_size, 3)``,
+        labels 0 (horses) and 1 (humans), ``num_classes`` 2.
+
+    Raises:
+        ValueError: For a zip without images in both class folders, an image
+            Pillow cannot read, or a download of the wrong size or SHA-256
+            (nothing is kept).
+        FileNotFoundError: When the zips are nowhere and cannot be
+            downloaded; the message says what to pass.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be at least 1, got {image_size}.")
+    train_zip, test_zip = find_horses_or_humans(
+        data_dir=data_dir, cache_dir=cache_dir, download=download
+    )
+    train_images, train_labels = read_image_zip(train_zip, image_size)
+    test_images, test_labels = read_image_zip(test_zip, image_size)
+    return Dataset(
+        name="horses_or_humans",
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=len(HORSES_OR_HUMANS_CLASSES),
+        source=os.fspath(train_zip.parent),
+    )
+
+
+def find_horses_or_humans(
+    *, data_dir: _Dir = None, cache_dir: _Dir = None, download: bool = True
+) -> tuple[Path, Path]:
+    """The training and validation zips, from ``data_dir``, the cache or a download.
+
+    Args and errors as in :func:`load_horses_or_humans`.
+
+    Returns:
+        The paths of ``horse-or-human.zip`` and ``validation-horse-or-human.zip``.
+    """
+    names = list(HORSES_OR_HUMANS_ZIPS)
+    if data_dir is not None:
+        missing = [n for n in names if not (Path(data_dir) / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"data_dir {os.fspath(data_dir)!r} lacks {', '.join(missing)}. Put "
+                f"both Horses or Humans zips there ({', '.join(names)}, from "
+                f"{HORSES_OR_HUMANS_URL}), or leave data_dir unset to use the "
+                "cache or a download."
+            )
+        return Path(data_dir) / names[0], Path(data_dir) / names[1]
+    cache = (
+        Path(cache_dir)
+        if cache_dir is not None
+        else default_cache_dir("horses_or_humans")
+    )
+    for filename, (size, sha256) in HORSES_OR_HUMANS_ZIPS.items():
+        path = cache / filename
+        if path.is_file():
+            if path.stat().st_size == size and sha256_of(path) == sha256:
+                continue
+            path.unlink()  # truncated or foreign: never read it
+        if not download:
+            raise FileNotFoundError(
+                _zips_not_found(
+                    cache,
+                    f"{filename} is not in the cache (or was "
+                    "corrupt and deleted), and downloading is turned off",
+                )
+            )
+        url = HORSES_OR_HUMANS_URL + filename
+        try:
+            download_file(url, path, sha256=sha256, size=size)
+        except (OSError, http.client.HTTPException) as e:
+            raise FileNotFoundError(
+                _zips_not_found(cache, f"downloading {url} failed: {e}")
+            ) from e
+    return cache / names[0], cache / names[1]
+
+
+def horses_or_humans_available(
+    *, data_dir: _Dir = None, cache_dir: _Dir = None
+) -> bool:
+    """Whether both zips are in ``data_dir`` (if given) or the cache; no download.
+
+    The cache's zips are only checked for their size here; :func:`load`
+    hashes them.
+    """
+    if data_dir is not None:
+        return all((Path(data_dir) / n).is_file() for n in HORSES_OR_HUMANS_ZIPS)
+    cache = (
+        Path(cache_dir)
+        if cache_dir is not None
+        else default_cache_dir("horses_or_humans")
+    )
+    return all(
+        (cache / n).is_file() and (cache / n).stat().st_size == size
+        for n, (size, _) in HORSES_OR_HUMANS_ZIPS.items()
+    )
+
+
+def read_image_zip(
+    path: str | os.PathLike, image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images of a zip laid out as ``horses/*.png`` and ``humans/*.png``.
+
+    Members are read in sorted order; folders, macOS metadata
+    (``__MACOSX/``, ``._*``) and files outside the two class folders are
+    skipped. The class folders may sit under a common top folder.
+
+    Args:
+        path: The zip.
+        image_size: Side of the square output images.
+
+    Returns:
+        ``(images, labels)``: float32 ``(N, image_size, image_size, 3)`` in
+        ``[0, 1]`` and int32 ``(N,)`` (0 horses, 1 humans).
+
+    Raises:
+        ValueError: If the file is not a zip, a class folder has no image, or
+            an image cannot be decoded, naming the zip (and the member).
+
+    Example:
+        >>> import io, pathlib, tempfile, zipfile
+        >>> from PIL import Image
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "tiny.zip"
+        >>> with zipfile.ZipFile(f, "w") as z:
+        ...     for name, color in (("horses/a.png", 255), ("humans/b.png", 0)):
+        ...         buffer = io.BytesIO()
+        ...         Image.new("RGBA", (6, 4), (color, 0, 0, 255)).save(buffer, "PNG")
+        ...         z.writestr(name, buffer.getvalue())
+        >>> images, labels = read_image_zip(f, 3)
+        >>> images.shape, labels.tolist(), float(images[0, 0, 0, 0])
+        ((2, 3, 3, 3), [0, 1], 1.0)
+    """
+    # Imported here: Pillow (a dependency of matplotlib) is only needed here.
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: not a zip file ({e}). Fetch it again.") from e
+    images, labels = [], []
+    with archive:
+        for member in sorted(archive.namelist()):
+            parts = member.split("/")
+            if (
+                member.endswith("/")
+                or "__MACOSX" in parts
+                or parts[-1].startswith("._")
+                or len(parts) < 2
+                or parts[-2] not in HORSES_OR_HUMANS_CLASSES
+                or not parts[-1].lower().endswith(_IMAGE_SUFFIXES)
+            ):
+                continue
+            try:
+                with Image.open(io.BytesIO(archive.read(member))) as image:
+                    rgb = image.convert("RGB").resize(
+                        (image_size, image_size), Image.Resampling.BILINEAR
+                    )
+                    images.append(np.asarray(rgb, np.uint8))
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"{path}: cannot decode {member} ({e}).") from e
+            labels.append(HORSES_OR_HUMANS_CLASSES.index(parts[-2]))
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=2)
+    if counts.min() == 0:
+        raise ValueError(
+            f"{path}: expected PNG images in both horses/ and humans/, found "
+            f"{counts[0]} and {counts[1]}. Is it a Horses or Humans zip?"
+        )
+    stacked = np.stack(images).astype(np.float32) / np.float32(255.0)
+    return stacked, np.asarray(labels, np.int32)
+
+
+def _zips_not_found(cache: Path, reason: str) -> str:
+    """What was tried for Horses or Humans and the ways to make it available."""
+    return "\n".join(
+        [
+            "Dataset 'horses_or_humans' not found.",
+            f"  Looked in: {cache} (download cache)",
+            f"  Download: {reason}.",
+            "To fix, do one of:",
+            f"  - put {' and '.join(HORSES_OR_HUMANS_ZIPS)} in a directory and "
+            "pass it as data_dir (--config.data_dir=DIR)",
+            "  - download them (download=True, the default; needs network access "
+            f"to {HORSES_OR_HUMANS_URL})",
             "  - or use the bundled scikit-learn digits (dataset 'digits').",
         ]
     )

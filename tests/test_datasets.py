@@ -6,9 +6,11 @@ or a patched ``urlopen``.
 
 import gzip
 import hashlib
+import io
 import os
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +403,169 @@ def test_debian_fashion_mnist():
     assert data.test_images.shape == (10000, 28, 28, 1)
     np.testing.assert_array_equal(np.bincount(data.train_labels), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(data.test_labels), [1000] * 10)
+
+
+# --- Horses or Humans: zips of PNGs ----------------------------------------------
+
+
+def _png(size, color, mode="RGBA"):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fill = (*color, 255) if mode == "RGBA" else color
+    Image.new(mode, size, fill).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def fake_hoh_zip(path: Path, n: int, *, top: str = "", junk: bool = True) -> Path:
+    """A zip laid out as the published ones: horses/*.png, humans/*.png."""
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(n):
+            cls, red = (("horses", 255), ("humans", 0))[i % 2]
+            mode = "RGBA" if i % 3 else "RGB"  # the real zips mix both
+            z.writestr(
+                f"{top}{cls}/{cls}{i:02d}-0.png", _png((12, 9), (red, 10, 20), mode)
+            )
+        if junk:
+            z.writestr(f"__MACOSX/{top}horses/._horses00-0.png", b"not a png")
+            z.writestr(f"{top}horses/", b"")
+            z.writestr(f"{top}README.txt", b"notes")
+    return path
+
+
+def fake_hoh(directory: Path, **kwargs) -> Path:
+    fake_hoh_zip(directory / "horse-or-human.zip", 6, **kwargs)
+    fake_hoh_zip(directory / "validation-horse-or-human.zip", 4, **kwargs)
+    return directory
+
+
+@pytest.fixture
+def hoh_mirror(monkeypatch, tmp_path, offline):
+    """A file:// mirror of two small zips, with their sizes and checksums."""
+    mirror = fake_hoh(tmp_path / "hoh-mirror")
+    monkeypatch.setattr(datasets, "HORSES_OR_HUMANS_URL", mirror.as_uri() + "/")
+    monkeypatch.setattr(
+        datasets,
+        "HORSES_OR_HUMANS_ZIPS",
+        {
+            name: (
+                (mirror / name).stat().st_size,
+                hashlib.sha256((mirror / name).read_bytes()).hexdigest(),
+            )
+            for name in datasets.HORSES_OR_HUMANS_ZIPS
+        },
+    )
+    monkeypatch.setattr(urllib.request, "urlopen", _real_urlopen)
+    return mirror
+
+
+@pytest.mark.parametrize("top", ["", "horse-or-human/"])
+def test_horses_or_humans_from_data_dir(tmp_path, top):
+    data = datasets.load(
+        "horses_or_humans", data_dir=fake_hoh(tmp_path / "d", top=top), image_size=5
+    )
+    assert data.source == os.fspath(tmp_path / "d") and data.num_classes == 2
+    assert data.train_images.shape == (6, 5, 5, 3)
+    assert data.test_images.shape == (4, 5, 5, 3)
+    assert data.train_images.dtype == np.float32 and data.train_labels.dtype == np.int32
+    # Sorted member names: horses first (label 0), then humans (label 1).
+    assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    # rescale=1/255; RGBA and RGB both become RGB.
+    np.testing.assert_allclose(data.train_images[0, 0, 0], [1.0, 10 / 255, 20 / 255])
+    np.testing.assert_allclose(data.train_images[3, 2, 2], [0.0, 10 / 255, 20 / 255])
+
+
+def test_horses_or_humans_default_size(tmp_path):
+    data = datasets.load_horses_or_humans(data_dir=fake_hoh(tmp_path / "d"))
+    assert data.train_images.shape[1:] == (150, 150, 3)
+
+
+def test_horses_or_humans_data_dir_missing_zip(tmp_path):
+    fake_hoh_zip(tmp_path / "d" / "horse-or-human.zip", 4)
+    with pytest.raises(
+        FileNotFoundError, match=r"lacks validation-horse-or-human\.zip\. Put both"
+    ):
+        datasets.load("horses_or_humans", data_dir=tmp_path / "d")
+    assert not datasets.horses_or_humans_available(data_dir=tmp_path / "d")
+
+
+def test_horses_or_humans_bad_zips(tmp_path):
+    one_class = tmp_path / "one.zip"
+
+    with zipfile.ZipFile(one_class, "w") as z:
+        z.writestr("horses/a.png", _png((4, 4), (1, 2, 3)))
+    with pytest.raises(ValueError, match=r"found 1 and 0\. Is it a Horses or Humans"):
+        datasets.read_image_zip(one_class, 4)
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("humans/b.png", b"not a png")
+    with pytest.raises(ValueError, match=r"cannot decode humans/b\.png"):
+        datasets.read_image_zip(broken, 4)
+    (tmp_path / "plain.zip").write_bytes(b"plain text")
+    with pytest.raises(ValueError, match=r"not a zip file"):
+        datasets.read_image_zip(tmp_path / "plain.zip", 4)
+
+
+def test_horses_or_humans_download_then_cache(monkeypatch, offline, hoh_mirror):
+    assert not datasets.horses_or_humans_available(cache_dir=offline)
+    data = datasets.load("horses_or_humans", cache_dir=offline, image_size=4)
+    assert data.source == os.fspath(offline)
+    assert sorted(p.name for p in offline.iterdir()) == sorted(
+        datasets.HORSES_OR_HUMANS_ZIPS
+    )
+    assert datasets.horses_or_humans_available(cache_dir=offline)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fail)
+    again = datasets.load("horses_or_humans", cache_dir=offline, download=False)
+    np.testing.assert_array_equal(again.test_labels, data.test_labels)
+
+
+def test_horses_or_humans_corrupt_cache_without_download(offline, hoh_mirror):
+    datasets.load("horses_or_humans", cache_dir=offline, image_size=4)
+    (offline / "horse-or-human.zip").write_bytes(b"changed")
+    with pytest.raises(FileNotFoundError, match=r"corrupt and deleted\), and downlo"):
+        datasets.load("horses_or_humans", cache_dir=offline, download=False)
+    assert not (offline / "horse-or-human.zip").exists()
+
+
+@pytest.mark.parametrize("what", ["size", "sha256"])
+def test_horses_or_humans_mismatch_keeps_nothing(
+    monkeypatch, offline, hoh_mirror, what
+):
+    size, sha = datasets.HORSES_OR_HUMANS_ZIPS["horse-or-human.zip"]
+    bad = (size + 1, sha) if what == "size" else (size, "0" * 64)
+    monkeypatch.setitem(datasets.HORSES_OR_HUMANS_ZIPS, "horse-or-human.zip", bad)
+    match = "Size mismatch" if what == "size" else "SHA-256 mismatch"
+    with pytest.raises(ValueError, match=match):
+        datasets.load("horses_or_humans", cache_dir=offline)
+    assert not offline.exists() or not any(offline.iterdir())
+
+
+def test_horses_or_humans_offline_says_what_to_do(offline):
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load("horses_or_humans", cache_dir=offline)
+    message = str(info.value)
+    assert "Dataset 'horses_or_humans' not found." in message
+    assert "network disabled in tests" in message
+    assert "--config.data_dir=DIR" in message and "'digits'" in message
+
+
+def test_horses_or_humans_pinned():
+    assert datasets.HORSES_OR_HUMANS_ZIPS == {
+        "horse-or-human.zip": (
+            149_574_867,
+            "e2e6f70d3d549c5dd10a57165e55af253ee66ad750403f95c0fb76bb943633a9",
+        ),
+        "validation-horse-or-human.zip": (
+            11_480_187,
+            "ae5fff2f4f5554791f05358108e2e05d9801b191f1896ea101402f0e7f6c32c0",
+        ),
+    }
+    assert datasets.HORSES_OR_HUMANS_URL == (
+        "https://storage.googleapis.com/learning-datasets/"
+    )

@@ -54,7 +54,13 @@ ARMS = ("gc", "baseline")
 SGD_MOMENTUM = 0.9
 # Per dataset: (epochs, batch size). Digits is small: RMSprop at the
 # article's lr of 1e-4 needs a few hundred steps before it learns much.
-DEFAULTS = {"digits": (20, 32), "fashion_mnist": (3, 128), "mnist": (3, 128)}
+# Horses or Humans: 150x150 RGB, two classes (softmax over 2 logits here).
+DEFAULTS = {
+    "digits": (20, 32),
+    "fashion_mnist": (3, 128),
+    "mnist": (3, 128),
+    "horses_or_humans": (10, 32),
+}
 EVAL_BATCH = 1000
 # Thresholds of the "GC active" check, on max |per-output fan-in mean| / RMS:
 # float32 rounding leaves ~1e-7 after GC; raw gradients sit near 1e-2..1.

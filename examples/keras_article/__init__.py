@@ -1,0 +1,1 @@
+"""The article's Keras experiment, in its protocol and a fair one."""

@@ -1,0 +1,1 @@
+"""Configs of the Keras article example."""
