@@ -11,7 +11,11 @@ imported:
   ``1 - b1**count`` with an int32 count), so silent broadcasting or dtype
   promotion fails loudly. Docstring examples run as users run them, under
   JAX's default dtype and rank promotion;
-* the markers ``standard_promotion`` and ``slow``. ``slow`` is the Sphinx
+* the markers ``standard_promotion``, ``keras`` and ``slow``. ``keras``: the
+  test runs Keras, whose own code needs JAX's default dtype and rank
+  promotion, and whose 3.15 ``Variable.__array__`` predates NumPy 2's
+  ``copy`` keyword (a DeprecationWarning from Keras' own ``get_config``,
+  ignored for those tests only). ``slow`` is the Sphinx
   build, the docs pages' code, real training (every ``examples/*/*_test.py``
   and ``tests/test_training.py``) and the benchmark smoke runs:
   ``pytest -m "not slow"`` runs the core alone; plain
@@ -49,9 +53,19 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "keras: runs Keras (default promotion; Keras' NumPy 2 __array__ warning "
+        "ignored)",
+    )
+    config.addinivalue_line(
+        "markers",
         "slow: docs build, real training or benchmark runs; deselect with "
         '-m "not slow" to run the fast core alone',
     )
+
+
+_KERAS_ARRAY_WARNING = (
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,6 +74,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.fspath))
         if path.name.endswith("_test.py") and _EXAMPLES in path.parents:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("keras"):
+            item.add_marker(pytest.mark.filterwarnings(_KERAS_ARRAY_WARNING))
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +83,10 @@ def _strict_dtype_promotion(request: pytest.FixtureRequest):
     """Strict dtype promotion for every test but those marked otherwise."""
     if isinstance(request.node, pytest.DoctestItem):
         # Docstring examples run as users run them: JAX's defaults.
+        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+            yield
+        return
+    if request.node.get_closest_marker("keras"):
         with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
             yield
         return

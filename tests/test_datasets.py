@@ -285,12 +285,18 @@ def test_download_into_cache_then_reuse(monkeypatch, offline, mirror):
     assert sorted(os.listdir(offline)) == sorted(f"{s}.gz" for s in datasets.IDX_FILES)
 
     # The second load is served by the (hash-checked) cache: no network.
+    _forbid_downloads(monkeypatch)
+    again = datasets.load("fashion_mnist", cache_dir=offline, download=False)
+    np.testing.assert_array_equal(again.test_images, data.test_images)
+
+
+def _forbid_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, any download fails the test."""
+
     def fail(*args, **kwargs):
         raise AssertionError("downloaded again")
 
     monkeypatch.setattr(urllib.request, "urlopen", fail)
-    again = datasets.load("fashion_mnist", cache_dir=offline, download=False)
-    np.testing.assert_array_equal(again.test_images, data.test_images)
 
 
 def test_corrupt_cache_file_is_replaced(offline, mirror):
@@ -517,10 +523,7 @@ def test_horses_or_humans_download_then_cache(monkeypatch, offline, hoh_mirror):
     )
     assert datasets.horses_or_humans_available(cache_dir=offline)
 
-    def fail(*args, **kwargs):
-        raise AssertionError("downloaded again")
-
-    monkeypatch.setattr(urllib.request, "urlopen", fail)
+    _forbid_downloads(monkeypatch)
     again = datasets.load("horses_or_humans", cache_dir=offline, download=False)
     np.testing.assert_array_equal(again.test_labels, data.test_labels)
 
@@ -556,16 +559,14 @@ def test_horses_or_humans_offline_says_what_to_do(offline):
 
 
 def test_horses_or_humans_pinned():
-    assert datasets.HORSES_OR_HUMANS_ZIPS == {
-        "horse-or-human.zip": (
-            149_574_867,
-            "e2e6f70d3d549c5dd10a57165e55af253ee66ad750403f95c0fb76bb943633a9",
-        ),
-        "validation-horse-or-human.zip": (
-            11_480_187,
-            "ae5fff2f4f5554791f05358108e2e05d9801b191f1896ea101402f0e7f6c32c0",
-        ),
-    }
+    # The published sizes and SHA-256s, as the issue states them.
+    sizes = {"horse-or-human.zip": 149574867, "validation-horse-or-human.zip": 11480187}
+    train_sha = "e2e6f70d3d549c5dd10a57165e55af253ee66ad750403f95c0fb76bb943633a9"
+    val_sha = "ae5fff2f4f5554791f05358108e2e05d9801b191f1896ea101402f0e7f6c32c0"
+    shas = {"horse-or-human.zip": train_sha, "validation-horse-or-human.zip": val_sha}
+    pinned = datasets.HORSES_OR_HUMANS_ZIPS
+    assert {name: size for name, (size, _) in pinned.items()} == sizes
+    assert {name: sha for name, (_, sha) in pinned.items()} == shas
     assert datasets.HORSES_OR_HUMANS_URL == (
         "https://storage.googleapis.com/learning-datasets/"
     )

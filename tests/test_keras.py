@@ -25,25 +25,7 @@ from optax_gc.keras import (  # noqa: E402
     fan_in_axes,
 )
 
-pytestmark = [
-    # Keras' own code is not strict-promotion safe.
-    pytest.mark.standard_promotion,
-    # Keras 3.15's Variable.__array__ predates NumPy 2's copy keyword; its own
-    # get_config (model.save) converts variables that way.
-    pytest.mark.filterwarnings(
-        "ignore:__array__ implementation doesn't accept a copy keyword"
-        ":DeprecationWarning"
-    ),
-]
-
-
-@pytest.fixture(autouse=True)
-def _keras_broadcasts():
-    """Keras adds biases by rank promotion, which the suite otherwise refuses."""
-    import jax
-
-    with jax.numpy_rank_promotion("allow"):
-        yield
+pytestmark = pytest.mark.keras  # see conftest.py
 
 
 def _np(x):

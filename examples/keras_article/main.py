@@ -17,16 +17,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is first imported
 from examples.common import cli
 from examples.keras_article import train
 
-
-def main() -> None:
-    """Parses the flags and runs the chosen protocol."""
+if __name__ == "__main__":
+    workdir_help = "Output folder (default: outputs/keras_article-<protocol>)."
     cli.run(
         train.train_and_evaluate,
         os.path.dirname(__file__),
-        workdir_help="Output folder (default: outputs/keras_article-<protocol>).",
+        workdir_help=workdir_help,
         require_workdir=False,
     )
-
-
-if __name__ == "__main__":
-    main()

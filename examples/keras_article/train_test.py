@@ -18,36 +18,14 @@ PIL = pytest.importorskip("PIL")
 from examples.keras_article import train  # noqa: E402
 from examples.keras_article.configs import default  # noqa: E402
 
-pytestmark = [
-    pytest.mark.standard_promotion,
-    pytest.mark.filterwarnings(
-        "ignore:__array__ implementation doesn't accept a copy keyword"
-        ":DeprecationWarning"
-    ),
-]
-
-
-@pytest.fixture(autouse=True)
-def _keras_broadcasts():
-    """Keras adds biases by rank promotion, which the suite otherwise refuses."""
-    import jax
-
-    with jax.numpy_rank_promotion("allow"):
-        yield
+pytestmark = pytest.mark.keras  # see conftest.py
 
 
 def _tiny(**overrides):
     config = default.get_config()
-    config.update(
-        dataset="digits",
-        seeds=2,
-        epochs=2,
-        steps_per_epoch=2,
-        batch_size=16,
-        validation_steps=2,
-        validation_batch_size=16,
-        image_size=24,
-    )
+    config.update(dataset="digits", seeds=2, epochs=2, steps_per_epoch=2)
+    config.update(batch_size=16, validation_steps=2, validation_batch_size=16)
+    config.image_size = 24
     config.update(**overrides)
     return config
 

@@ -36,13 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The article's training: RMSprop(1e-4), 10 epochs of 8 steps of 128,
     # validation 8 steps of 32, augmentation on.
-    config.learning_rate = 1e-4
-    config.epochs = 10
-    config.steps_per_epoch = 8
-    config.batch_size = 128
-    config.validation_steps = 8
-    config.validation_batch_size = 32
-    config.augment = True
+    config.update(learning_rate=1e-4, epochs=10, steps_per_epoch=8, batch_size=128)
+    config.update(validation_steps=8, validation_batch_size=32, augment=True)
     # GC on conv kernels only (GCC) instead of every kernel.
     config.conv_only = False
 
