@@ -456,7 +456,9 @@ def check_mask_entries(mask: Any, *, name: str, action: str) -> None:
 def _is_mask_entry(x: Any) -> bool:
     # None, and a tuple of numbers (axes given to a mask): one entry each.
     return x is None or (
-        isinstance(x, tuple) and bool(x) and all(isinstance(a, int) for a in x)
+        isinstance(x, tuple)
+        and bool(x)
+        and all(isinstance(a, int) and not isinstance(a, bool) for a in x)
     )
 
 
@@ -479,6 +481,8 @@ def checked_mask(mask: Any, *, name: str, action: str) -> Callable[[Any], Any]:
             if entry is None:
                 continue  # a void leaf no entry reaches
             where = f"leaf {keyname(path)} of shape {getattr(leaf, 'shape', None)}"
+            if m is None and is_void(leaf):
+                continue  # None over a None (or MaskedNode) leaf, as optax allows
             if m is None:
                 raise ValueError(
                     f"{name} gives None to {keyname(entry)}, over {where}. "

@@ -34,6 +34,7 @@ from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ._centralize import centralize
@@ -71,8 +72,24 @@ def _is_zero(value: Any) -> bool:
     the decay arrives as an array and must be applied.
     """
     return (
-        isinstance(value, int | float) and not isinstance(value, bool) and (value == 0)
+        isinstance(value, int | float | np.number)
+        and not isinstance(value, bool | np.bool_)
+        and bool(value == 0)
     )
+
+
+def _is_concrete_zero(value: Any) -> bool | None:
+    """``True``/``False`` for a number or concrete array; ``None`` if traced.
+
+    For an option whose only valid value is zero: under
+    ``optax.inject_hyperparams`` it arrives as an array (concrete at ``init``,
+    traced under ``jit``, where it was already checked).
+    """
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, jax.Array | np.ndarray):
+        return value.shape == () and bool(value == 0)
+    return _is_zero(value)
 
 
 def _check_recipe_mask(name: str, mask: Any, *, action: str) -> None:
@@ -84,7 +101,7 @@ def _check_recipe_mask(name: str, mask: Any, *, action: str) -> None:
     for a schedule, it is called with the step count), which must not pass
     silently.
     """
-    if isinstance(mask, bool) or (
+    if isinstance(mask, bool | np.bool_) or (
         isinstance(mask, jax.Array)
         and not isinstance(mask, jax.core.Tracer)
         and mask.shape == ()
@@ -485,7 +502,7 @@ def _scale_by_raw_adam(
 
 
 def _scale_by_authors_step_size(b1: float, b2: float) -> optax.GradientTransformation:
-    """Scales by ``sqrt(1 - b2^t) / (1 - b1^t)``, in each update's own dtype."""
+    """Scales by ``sqrt(1 - b2^t) / (1 - b1^t)``, computed in at least float32."""
 
     def init_fn(params: optax.Params) -> optax.ScaleByScheduleState:
         del params
@@ -500,8 +517,11 @@ def _scale_by_authors_step_size(b1: float, b2: float) -> optax.GradientTransform
         count = optax.safe_int32_increment(state.count)
 
         def scale(u: jax.Array) -> jax.Array:
-            t = count.astype(u.dtype)
-            return u * (jnp.sqrt(1 - b2**t) / (1 - b1**t))
+            # At least float32: in bfloat16, 0.999 rounds to 1 and the step to 0.
+            acc = jnp.promote_types(u.dtype, jnp.float32)
+            t = count.astype(acc)
+            factor = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+            return (u.astype(acc) * factor).astype(u.dtype)
 
         return jax.tree.map(scale, updates), optax.ScaleByScheduleState(count=count)
 
@@ -583,7 +603,7 @@ def adamw(
     else:
         _check_adam(b1, b2, eps, eps_root)
         check_bool("nesterov", nesterov)
-        if nesterov or not _is_zero(eps_root):
+        if nesterov or _is_concrete_zero(eps_root) is False:
             raise ValueError(
                 "authors_adamw=True is the authors' AdamW, which has no nesterov "
                 f"and no eps_root; got nesterov={nesterov!r}, "

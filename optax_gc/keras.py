@@ -190,13 +190,7 @@ class GradientCentralization(keras.optimizers.Optimizer):
         elif self.reduction_axes is None:
             axes = _rank_rule(shape, conv_only=self.conv_only)
         else:
-            if key not in self.reduction_axes:
-                raise ValueError(
-                    f"reduction_axes has no entry for variable {key!r} of shape "
-                    f"{shape}. Give every trainable variable its axes or None "
-                    "(optax_gc.keras.fan_in_axes(model) covers them all)."
-                )
-            spec = self.reduction_axes[key]
+            spec = self.reduction_axes[self._entry_for(key, shape)]
             axes = None if spec is None else normalize_axes(spec, shape, repr(key))
             if axes is not None and (
                 fan_in_size(shape, axes) == 1 or (self.conv_only and len(shape) <= 3)
@@ -204,6 +198,31 @@ class GradientCentralization(keras.optimizers.Optimizer):
                 axes = None
         self._gc_axes[key] = axes
         return axes
+
+    def _entry_for(self, key: str, shape: tuple[int, ...]) -> str:
+        """The ``reduction_axes`` key of a variable path.
+
+        The exact path, or else the one key that differs from it only by
+        leading path components: Keras names a variable after the model it
+        was built in (``sequential/dense/kernel``), and a model loaded with
+        ``keras.models.load_model`` may name it ``dense/kernel``.
+        """
+        assert self.reduction_axes is not None
+        if key in self.reduction_axes:
+            return key
+        near = [
+            k
+            for k in self.reduction_axes
+            if k.endswith("/" + key) or key.endswith("/" + k)
+        ]
+        if len(near) == 1:
+            return near[0]
+        found = f" (it could be any of {near})" if near else ""
+        raise ValueError(
+            f"reduction_axes has no entry for variable {key!r} of shape "
+            f"{shape}{found}. Give every trainable variable its axes or None "
+            "(optax_gc.keras.fan_in_axes(model) covers them all)."
+        )
 
     def centralize(self, grads: Sequence[Any], variables: Sequence[Any]) -> list:
         """The gradients, each centralized over its variable's fan-in axes."""
@@ -250,7 +269,12 @@ class GradientCentralization(keras.optimizers.Optimizer):
                 "To call stateless_apply, GradientCentralization must be built: "
                 "call optimizer.build(trainable_variables) first."
             )
-        own = list(optimizer_variables[: len(self._variables)])
+        # Values, not Variables: a LossScaleOptimizer around this one passes
+        # Keras Variables read through its StatelessScope.
+        own = [
+            v.value if isinstance(v, keras.Variable) else v
+            for v in optimizer_variables[: len(self._variables)]
+        ]
         inner = optimizer_variables[len(self._variables) :]
         grads = self.centralize(grads, self._trainable_variables)
         new_vars, new_inner = self.inner_optimizer.stateless_apply(

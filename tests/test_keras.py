@@ -314,3 +314,52 @@ def test_errors_name_the_argument():
         ValueError, match=r"out of range for leaf 'head/kernel' of shape \(16, 1\)"
     ):
         opt.build(model.trainable_variables)
+
+
+def test_inside_a_loss_scale_optimizer_with_mixed_float16():
+    """mixed_float16 makes compile wrap the optimizer in a LossScaleOptimizer,
+    whose stateless_apply hands its inner optimizer Keras Variables."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = _data()
+        for wrap in (
+            GradientCentralization(keras.optimizers.SGD(0.1)),
+            keras.optimizers.LossScaleOptimizer(
+                GradientCentralization(keras.optimizers.SGD(0.1))
+            ),
+        ):
+            model = _cnn()
+            model.compile(wrap, "binary_crossentropy")
+            before = _fan_in_sums(model)
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+            after = _fan_in_sums(model)
+            assert max(np.abs(after[k] - before[k]).max() for k in before) < 1e-3
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_reduction_axes_survive_save_and_load():
+    """A loaded model names its variables without the outer model's prefix
+    (sequential/dense/kernel -> dense/kernel): the saved axes still apply."""
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dense(1)]
+    )
+    axes = fan_in_axes(model)
+    model.compile(
+        GradientCentralization(keras.optimizers.SGD(0.1), reduction_axes=axes), "mse"
+    )
+    x = np.random.default_rng(0).random((16, 6), dtype=np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    model.fit(x, y, epochs=1, verbose=0)
+    path = os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), f"gc-axes-{os.getpid()}.keras"
+    )
+    try:
+        model.save(path)
+        loaded = keras.models.load_model(path)
+    finally:
+        os.remove(path)
+    kernel = loaded.layers[0].kernel
+    sums = _np(kernel.value).sum(axis=0)
+    loaded.fit(x, y, epochs=2, verbose=0)
+    np.testing.assert_allclose(_np(kernel.value).sum(axis=0), sums, atol=1e-5)

@@ -479,3 +479,68 @@ def test_no_warning_from_valid_construction():
             getattr(optax_gc, name)(
                 1e-3, weight_decay=0.1, mask=KERNELS_ONLY, gc_mask=KERNELS_ONLY
             )
+
+
+# --- Found in review: valid inputs that must keep working -------------------
+
+
+@pytest.mark.standard_promotion
+def test_masks_over_none_leaves_work_as_in_optax():
+    """Equinox-style params with None leaves: a mask built by tree.map has
+    None there too, and optax accepts it."""
+    params = {"w": jnp.ones((3, 2)), "b": None}
+    mask = jax.tree.map(lambda x: x.ndim > 1, params)
+    assert mask == {"w": True, "b": None}
+    grads = {"w": jnp.arange(6.0).reshape(3, 2), "b": None}
+    for tx in (
+        optax_gc.adamw(1e-3, mask=mask),
+        optax_gc.adamw(1e-3, gc_mask=mask),
+        optax_gc.centralize(mask=mask),
+    ):
+        tx.update(grads, tx.init(params), params)
+    u = apply(optax_gc.centralize(mask=mask), grads, params)
+    np.testing.assert_allclose(u["w"].sum(axis=0), 0.0, atol=1e-6)
+
+
+def test_tuple_of_bools_is_a_mask():
+    params = (jnp.ones((3, 2)), jnp.ones(2))
+    grads = (jnp.arange(6.0).reshape(3, 2), jnp.ones(2))
+    u = apply(optax_gc.centralize(mask=(True, False)), grads, params)
+    np.testing.assert_allclose(u[0].sum(axis=0), 0.0, atol=1e-6)
+    optax_gc.adamw(1e-3, weight_decay=0.1, mask=(True, False)).init(params)
+
+
+def test_numpy_zero_decay_needs_no_params_and_numpy_bool_mask_is_refused():
+    tx = optax_gc.sgd(1e-3, weight_decay=np.float32(0.0))
+    tx.update(_grads(), tx.init(_params()))
+    with pytest.raises(ValueError, match="mask is the weight-decay mask"):
+        optax_gc.sgd(1e-3, weight_decay=np.float32(0.0), mask=KERNELS_ONLY)
+    with pytest.raises(ValueError, match="one bool for the whole tree"):
+        optax_gc.sgd(1e-3, gc_mask=np.bool_(True))
+
+
+@pytest.mark.standard_promotion
+def test_authors_adamw_in_bfloat16_moves_the_params():
+    """0.999 is 1.0 in bfloat16: the bias-corrected step size is computed in
+    float32, so the step is not zero."""
+    params = {"w": jnp.ones((3, 2), jnp.bfloat16)}
+    grads = {"w": jnp.arange(6.0).reshape(3, 2).astype(jnp.bfloat16)}
+    for authors in (False, True):
+        tx = optax_gc.adamw(1e-3, weight_decay=1e-2, authors_adamw=authors)
+        u = tx.update(grads, tx.init(params), params)[0]["w"]
+        assert u.dtype == jnp.bfloat16
+        assert float(jnp.abs(u.astype(jnp.float32)).max()) > 5e-4, authors
+
+
+@pytest.mark.standard_promotion
+def test_authors_adamw_under_inject_hyperparams():
+    tx = optax.inject_hyperparams(optax_gc.adamw)(
+        learning_rate=1e-3, weight_decay=1e-2, authors_adamw=True
+    )
+    params = _params()
+    state = tx.init(params)
+    jax.jit(tx.update)(_grads(), state, params)
+    with pytest.raises(ValueError, match="no eps_root"):
+        optax.inject_hyperparams(optax_gc.adamw)(
+            learning_rate=1e-3, eps_root=1e-8, authors_adamw=True
+        ).init(params)
