@@ -37,7 +37,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from ._layouts import fan_in_size, layout_axes
+from ._layouts import fan_in_size, rank_rule_axes
 from ._options import check_bool, normalize_axes
 
 __all__ = ["GradientCentralization", "UnknownLayerWarning", "fan_in_axes"]
@@ -69,13 +69,6 @@ class UnknownLayerWarning(UserWarning):
       >>> caught[0].category is UnknownLayerWarning, axes
       (True, {'scale/w': None})
     """
-
-
-def _rank_rule(shape: Sequence[int], *, conv_only: bool) -> tuple[int, ...] | None:
-    axes = layout_axes(len(shape), layout="channels_last", conv_only=conv_only)
-    if axes is None or fan_in_size(tuple(shape), axes) == 1:
-        return None
-    return axes
 
 
 def _is_float(variable: Any) -> bool:
@@ -188,7 +181,7 @@ class GradientCentralization(keras.optimizers.Optimizer):
         if not _is_float(variable) or not shape:
             axes = None
         elif self.reduction_axes is None:
-            axes = _rank_rule(shape, conv_only=self.conv_only)
+            axes = rank_rule_axes(variable, conv_only=self.conv_only)
         else:
             spec = self.reduction_axes[self._entry_for(key, shape)]
             axes = None if spec is None else normalize_axes(spec, shape, repr(key))

@@ -8,6 +8,7 @@ example's ``configs/default.py``; override any field with
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -57,3 +58,20 @@ def run(
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
     app.run(main)
+
+
+def command(
+    module: str,
+    config: ml_collections.ConfigDict,
+    defaults: ml_collections.ConfigDict,
+    workdir: str | None,
+) -> str:
+    """The command line that runs ``module`` with ``config``.
+
+    Only the fields that differ from ``defaults`` are given, so a default run
+    records just ``python -m module``.
+    """
+    base = defaults.to_dict()
+    args = [f"--config.{k}={v}" for k, v in config.to_dict().items() if v != base[k]]
+    args += [] if workdir is None else [f"--workdir={workdir}"]
+    return shlex.join(["python", "-m", module, *args])

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from tqdm import tqdm
 
 import optax_gc
 from examples import datasets
-from examples.common import diagnostics, evaluate, optim, stats
+from examples.common import cli, diagnostics, evaluate, optim, stats
 from examples.compare import report
 from examples.compare.configs import default
 from examples.nnx_cnn.models import CNN
@@ -115,12 +114,7 @@ def settings(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
 
 def command(config: ml_collections.ConfigDict, workdir: str | None) -> str:
     """The command line that gives this config: the fields that differ."""
-    defaults = default.get_config().to_dict()
-    args = [
-        f"--config.{k}={v}" for k, v in config.to_dict().items() if v != defaults[k]
-    ]
-    args += [] if workdir is None else [f"--workdir={workdir}"]
-    return shlex.join(["python", "-m", "examples.compare", *args])
+    return cli.command("examples.compare", config, default.get_config(), workdir)
 
 
 def hyperparameters(name: str, cfg: dict[str, Any]) -> dict[str, Any]:

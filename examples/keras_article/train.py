@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -44,7 +43,7 @@ from keras import ops
 
 import optax_gc
 from examples import datasets
-from examples.common import stats
+from examples.common import cli, stats
 from examples.keras_article.configs import default
 from optax_gc.keras import GradientCentralization
 
@@ -159,12 +158,9 @@ def settings(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str
 
 def command(config: ml_collections.ConfigDict, workdir: str | None) -> str:
     """The command line that gives this config: the fields that differ."""
-    defaults = default.get_config().to_dict()
-    args = [
-        f"--config.{k}={v}" for k, v in config.to_dict().items() if v != defaults[k]
-    ]
-    args += [] if workdir is None else [f"--workdir={workdir}"]
-    return shlex.join(["python", "-m", "examples.keras_article.main", *args])
+    return cli.command(
+        "examples.keras_article.main", config, default.get_config(), workdir
+    )
 
 
 def load_data(cfg: dict[str, Any]) -> dict[str, Any]:
