@@ -299,11 +299,6 @@ def _is_concrete_number(value: Any) -> bool:
     )
 
 
-def _unchecked(value: Any) -> bool:
-    """Schedules, callables and JAX arrays: accepted, not range-checked."""
-    return callable(value) or isinstance(value, jax.Array)
-
-
 def check_number(
     name: str,
     value: Any,
