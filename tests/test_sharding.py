@@ -373,6 +373,82 @@ def test_adam_chain_with_fan_in_sharded_params(axis_type: AxisType) -> None:
     assert_trees_close(new_params, exp_params)
 
 
+# ------------------------------------------------ gradient accumulation
+
+# A two-layer linear model on a (data, model) mesh: the batch over "data",
+# the first kernel sharded along its fan-in axis, the second along its output.
+MS_SPECS = {
+    "dense1": {"kernel": P("model", None), "bias": P()},
+    "dense2": {"kernel": P(None, "model"), "bias": P("model")},
+}
+MS_SHAPES = {
+    "dense1": {"kernel": (16, 8), "bias": (8,)},
+    "dense2": {"kernel": (8, 4), "bias": (4,)},
+}
+MICRO = 4  # micro-batches per update
+
+
+def _ms_loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    h = x @ params["dense1"]["kernel"] + params["dense1"]["bias"][None]
+    out = h @ params["dense2"]["kernel"] + params["dense2"]["bias"][None]
+    return ((out - y) ** 2).mean()
+
+
+RECIPES_MS = {
+    "sgd_momentum": lambda: optax_gc.sgd(0.05, momentum=0.9),
+    "adamw": lambda: optax_gc.adamw(1e-2, weight_decay=0.1),
+    "adamw_update": lambda: optax_gc.adamw(1e-2, apply_to="update"),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES_MS))
+def test_multisteps_on_the_mesh_equals_the_full_batch_step(name: str) -> None:
+    # GC is linear: centralizing the mean of the micro-batch gradients is
+    # centralizing the full-batch gradient, so optax.MultiSteps over MICRO
+    # micro-batches makes the update one full-batch step makes.
+    mesh = make_mesh("2d")
+    rng = np.random.default_rng(7)
+    host = random_tree(8, MS_SHAPES)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    y = rng.standard_normal((64, 4)).astype(np.float32)
+    batch = NamedSharding(mesh, P("data"))
+    full, multi = RECIPES_MS[name](), optax.MultiSteps(RECIPES_MS[name](), MICRO)
+
+    def step(tx: optax.GradientTransformation):
+        def f(params, state, x, y):
+            grads = jax.grad(_ms_loss)(params, x, y)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        return jax.jit(f, donate_argnums=(0, 1))
+
+    with jax.numpy_dtype_promotion("standard"), jax.set_mesh(mesh):
+        params = shard_tree(host, mesh, MS_SPECS)
+        p_full, _ = step(full)(
+            params,
+            jax.jit(full.init)(params),
+            *(jax.device_put(a, batch) for a in (x, y)),
+        )
+        params = shard_tree(host, mesh, MS_SPECS)
+        state = jax.jit(multi.init)(params)
+        multi_step = step(multi)
+        for i in range(MICRO):
+            rows = slice(i * 16, (i + 1) * 16)
+            params, state = multi_step(
+                params, state, *(jax.device_put(a[rows], batch) for a in (x, y))
+            )
+            if i < MICRO - 1:  # accumulating: nothing applied yet
+                assert_trees_close(params, host, rtol=0, atol=0)
+    assert int(state.gradient_step) == 1
+    assert_same_shardings(params, shard_tree(host, mesh, MS_SPECS))
+    assert_trees_close(params, p_full, rtol=1e-6, atol=1e-7)
+    if name == "sgd_momentum":  # no decay: GC ran, each fan-in sum is fixed
+        for layer in ("dense1", "dense2"):
+            moved = np.asarray(params[layer]["kernel"]) - host[layer]["kernel"]
+            assert np.abs(moved).max() > 1e-3
+            np.testing.assert_allclose(moved.sum(axis=0), 0, atol=1e-6)
+
+
 # ------------------------------------------------------- shard_map, vmap
 
 

@@ -7,10 +7,14 @@ If ``XLA_FLAGS`` does not already set a device count, this file sets
 host CPU shows up as 8 devices. Set ``XLA_FLAGS`` yourself for another count;
 the flag does nothing to GPUs or TPUs.
 
-On several hosts, run the same command on every host with ``--distributed``
-(and, where jax cannot detect the cluster, ``--coordinator_address``,
-``--num_processes`` and ``--process_id``): ``jax.distributed.initialize``
-runs first and the mesh spans every host's devices. See README.md.
+As several local processes: ``python -m examples.sharded.launch
+--num_processes=2 -- --workdir=/tmp/mp`` (``launch.py``). On several hosts,
+run the same command on every host with ``--distributed`` (and, where jax
+cannot detect the cluster, ``--coordinator_address``, ``--num_processes`` and
+``--process_id``): ``jax.distributed.initialize`` runs first and the mesh
+spans every host's devices. With ``--config.checkpoint_every=N`` the run
+saves checkpoints to ``<workdir>/checkpoints`` and resumes from the newest
+sound one. See README.md.
 """
 
 import os
@@ -28,7 +32,12 @@ from ml_collections import config_flags  # noqa: E402
 from examples.sharded import collectives, train  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for metrics.json.", required=True)
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for metrics.json, params.npz and checkpoints/.",
+    required=True,
+)
 flags.DEFINE_bool(
     "show_collectives",
     False,
@@ -57,6 +66,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.distributed:
+        # CPU devices of several processes talk through gloo (jax's CPU
+        # collectives); the setting does nothing to GPUs and TPUs.
+        if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         # Before anything touches a device. None: detected from the cluster.
         jax.distributed.initialize(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
@@ -82,6 +95,10 @@ def main(argv: list[str]) -> None:
             f"epoch {h['epoch']:3d}  train loss {h['train_loss']:.4f}  "
             f"test loss {h['test_loss']:.4f}  test accuracy {h['test_accuracy']:.4f}"
         )
+    for step, reason in m["skipped_checkpoints"]:
+        print(f"skipped checkpoint {step}: {reason.splitlines()[0]}")
+    if m["resumed_from"]:
+        print(f"resumed from the checkpoint of step {m['resumed_from']}")
     print(f"trained in {m['seconds']:.1f} s")
     print(
         "largest change of a weight: "

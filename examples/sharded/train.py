@@ -33,11 +33,17 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
+import optax_gc
 from examples import datasets
 from examples.common import cnn, diagnostics, evaluate, optim
 from examples.nnx_cnn.models import CNN
+from examples.sharded import checkpoint
 
 AXES = ("data", "fsdp")
+RECIPES = tuple(
+    n for n in optax_gc.__all__ if n not in ("centralize", "default_reduction_axes")
+)
+CHECKPOINTS = "checkpoints"
 
 # ------------------------------------------------------------- sharding
 
@@ -120,20 +126,48 @@ def named_specs(specs: Any) -> dict[str, P]:
     return {diagnostics.leaf_name(path): spec for path, spec in flat}
 
 
-def shard_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A global batch as one array sharded over the mesh.
+def local_rows(sharding: NamedSharding, n: int) -> slice:
+    """The rows of an ``n``-row global batch that this process's devices hold.
 
-    Every process holds the same global batch (same data, same seeded order)
-    and hands over only the rows its own devices hold, as
-    ``jax.make_array_from_process_local_data`` expects; on one host that is
-    all of them. A pipeline that loads a per-host shard passes it directly.
+    Raises:
+      ValueError: if they are not one contiguous block (a device order that
+        interleaves the processes along the batch axis).
     """
-    rows = [
-        i[0].indices(len(x))
-        for i in sharding.addressable_devices_indices_map(x.shape).values()
-    ]
-    start, stop = min(r[0] for r in rows), max(r[1] for r in rows)
-    return jax.make_array_from_process_local_data(sharding, x[start:stop], x.shape)
+    rows = sorted(
+        i[0].indices(n) for i in sharding.addressable_devices_indices_map((n,)).values()
+    )
+    start, stop = rows[0][0], max(r[1] for r in rows)
+    covered = {j for r in rows for j in range(*r)}
+    if covered != set(range(start, stop)):
+        raise ValueError(
+            f"this process's devices hold rows {rows} of the batch, not one block; "
+            "order the mesh's devices by process (jax.make_mesh does)."
+        )
+    return slice(start, stop)
+
+
+def shard_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global batch, held whole by every process, as one sharded array.
+
+    Each process hands over only the rows its own devices hold, as
+    ``jax.make_array_from_process_local_data`` expects.
+    """
+    return jax.make_array_from_process_local_data(
+        sharding, x[local_rows(sharding, len(x))], x.shape
+    )
+
+
+def load_rows(array: np.ndarray, idx: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The global batch ``array[idx]``, of which this process reads only its rows.
+
+    Every process computes the same global order ``idx`` (the same seed) and
+    gathers only the rows its devices hold: with several processes, each one
+    feeds its own shard of the global batch.
+    """
+    local = array[idx[local_rows(sharding, len(idx))]]
+    return jax.make_array_from_process_local_data(
+        sharding, local, (len(idx), *array.shape[1:])
+    )
 
 
 # ------------------------------------------------------------ the model
@@ -310,11 +344,55 @@ def jit_train_step(
 # ------------------------------------------------------------- training
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator:
-    """A seeded permutation each epoch; the ragged last batch is dropped."""
-    perm = rng.permutation(n)
-    for i in range(n // batch_size):
-        yield perm[i * batch_size : (i + 1) * batch_size]
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The configured optimizer, wrapped in ``optax.MultiSteps`` if asked.
+
+    Args:
+      config: ``recipe`` (the name of an ``optax_gc`` recipe, e.g.
+        ``"adamw"``, built as ``optax_gc.<recipe>(learning_rate)``; empty:
+        ``examples/common/optim.py``'s ``optimizer``, ``gc``, ...) and
+        ``accumulate_steps`` (above 1: that many batches per update).
+
+    Returns:
+      The transformation.
+
+    Raises:
+      ValueError: for an unknown ``recipe`` or ``accumulate_steps`` below 1.
+
+    Example:
+      >>> config = ml_collections.ConfigDict(dict(
+      ...     recipe="adamw", learning_rate=1e-3, accumulate_steps=4))
+      >>> type(make_optimizer(config)).__name__
+      'MultiSteps'
+    """
+    if config.recipe:
+        if config.recipe not in RECIPES:
+            raise ValueError(
+                f"config.recipe is {config.recipe!r}: not an optax_gc recipe; use "
+                f"one of {', '.join(RECIPES)}, or '' for config.optimizer."
+            )
+        tx = getattr(optax_gc, config.recipe)(config.learning_rate)
+    else:
+        tx = optim.create_optimizer(config)
+    if config.accumulate_steps < 1:
+        raise ValueError(
+            f"config.accumulate_steps is {config.accumulate_steps}; it must be >= 1."
+        )
+    if config.accumulate_steps == 1:
+        return tx
+    return optax.MultiSteps(tx, every_k_schedule=config.accumulate_steps)
+
+
+def _epoch_orders(n: int, rng: np.random.Generator, *, skip: int) -> Iterator:
+    """A seeded permutation of ``n`` rows per epoch, after ``skip`` epochs.
+
+    The skipped epochs' permutations are drawn and dropped, so a resumed run
+    sees the batches an uninterrupted one would.
+    """
+    for _ in range(skip):
+        rng.permutation(n)
+    while True:
+        yield rng.permutation(n)
 
 
 def to_host(tree: Any) -> Any:
@@ -328,31 +406,53 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
+def _abstract(tree: Any, shardings: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` leaves with the shardings given."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        tree,
+        shardings,
+    )
+
+
 def train(
     config: ml_collections.ConfigDict,
     data: datasets.Dataset,
     mesh: Mesh | None,
     *,
+    checkpoint_dir: str | os.PathLike | None = None,
     keep_epoch_params: bool = False,
 ) -> dict[str, Any]:
     """Trains from ``config.seed`` on ``mesh`` (``None``: one device, no mesh).
 
     The same seed gives the same initialisation, dropout masks (jax's
     threefry RNG gives the same bits however an array is sharded) and batch
-    order on any mesh.
+    order on any mesh and any number of processes.
+
+    With ``checkpoint_dir`` and ``config.checkpoint_every`` above 0 the train
+    state (params, optimizer state, dropout RNG) and the position in the data
+    are saved every ``checkpoint_every`` steps and at the end, the newest
+    ``checkpoint_keep`` kept (``checkpoint.py``), and training resumes from
+    the newest sound checkpoint there, on this mesh, however many processes
+    wrote it: an interrupted run that resumes ends with the params of one
+    that never stopped.
 
     Args:
       config: see ``configs/default.py``.
       data: the data set.
       mesh: a ``(data, fsdp)`` mesh, or ``None``.
-      keep_epoch_params: also return the params after every epoch.
+      checkpoint_dir: where checkpoints go, or ``None`` for none.
+      keep_epoch_params: also return the params after every epoch trained in
+        this call.
 
     Returns:
       A dict: ``params0`` and ``params`` (initial and final, host NumPy),
       ``epoch_params`` (if kept), ``step_losses``, ``history`` (per epoch),
       ``initial_train_loss``, ``train_loss``, ``train_accuracy``,
-      ``test_loss``, ``test_accuracy``, ``seconds`` (the training loop,
-      compilation included) and ``devices``.
+      ``test_loss``, ``test_accuracy``, ``seconds`` (the training loop of
+      this call, compilation included), ``devices``, ``processes``,
+      ``resumed_from`` (the step restored, or 0) and
+      ``skipped_checkpoints`` (``[step, reason]`` of each unusable one).
     """
     x_train, y_train = data.train_images, data.train_labels
     if len(y_train) < config.batch_size:
@@ -368,24 +468,33 @@ def train(
         )
     input_shape = x_train.shape[1:]
     model = abstract_model(config, input_shape, data.num_classes)
-    tx = optim.create_optimizer(config)
+    tx = make_optimizer(config)
     shardings = None if mesh is None else make_shardings(config, mesh, model, tx)
     train_step = jit_train_step(model.graphdef, tx, shardings)
     eval_step = jax.jit(make_eval_step(model.graphdef))
 
     put_batch: Callable[[np.ndarray], jax.Array]
+    load_batch: Callable[[np.ndarray, np.ndarray], jax.Array]
     if shardings is None:
         device = jax.local_devices()[0]
         params_at = rest_at = opt_state_at = SingleDeviceSharding(device)
+        replicated = None
 
         def put_batch(x: np.ndarray) -> jax.Array:
             return jax.device_put(x, device)
+
+        def load_batch(array: np.ndarray, idx: np.ndarray) -> jax.Array:
+            return jax.device_put(array[idx], device)
     else:
         params_at, rest_at = shardings.params, shardings.rest
         opt_state_at = shardings.opt_state
+        replicated = shardings.replicated
 
         def put_batch(x: np.ndarray) -> jax.Array:
             return shard_batch(x, shardings.batch)
+
+        def load_batch(array: np.ndarray, idx: np.ndarray) -> jax.Array:
+            return load_rows(array, idx, shardings.batch)
 
     params, rest = init_model(
         config,
@@ -407,31 +516,97 @@ def train(
         return res["loss"], res["accuracy"]
 
     params0 = to_host(params)
-    initial_train_loss, _ = held_out(x_train, y_train)
-    rng = np.random.default_rng(config.seed)
-    losses: list[float] = []
-    history, epoch_params = [], []
-    start = time.perf_counter()
-    for epoch in range(1, config.num_epochs + 1):
-        epoch_losses = []
-        for idx in _batches(len(y_train), config.batch_size, rng):
-            x, y = put_batch(x_train[idx]), put_batch(y_train[idx])
-            params, opt_state, rest, loss = train_step(params, opt_state, rest, x, y)
-            epoch_losses.append(loss)
-        losses += [float(v) for v in epoch_losses]
-        test_loss, test_acc = held_out(data.test_images, data.test_labels)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses[-len(epoch_losses) :])),
-                "test_loss": test_loss,
-                "test_accuracy": test_acc,
-            }
+    steps_per_epoch = len(y_train) // config.batch_size  # ragged batch dropped
+    last = steps_per_epoch * config.num_epochs
+    step, losses, history = 0, [], []
+    meta: dict[str, Any] = {}
+    skipped: list[list[Any]] = []
+    ckpt = None
+    if checkpoint_dir is not None and config.checkpoint_every > 0:
+        ckpt = checkpoint.Checkpoints(
+            checkpoint_dir,
+            every=config.checkpoint_every,
+            keep=config.checkpoint_keep,
+            replicated=replicated,
         )
-        if keep_epoch_params:
-            epoch_params.append(to_host(params))
+        target = _abstract(
+            {"params": params, "opt_state": opt_state, "rest": rest},
+            {"params": params_at, "opt_state": opt_state_at, "rest": rest_at},
+        )
+        found = ckpt.restore(target)
+        if found is not None:
+            meta = found.meta
+            skipped = [list(s) for s in found.skipped]
+            if (
+                meta["steps_per_epoch"] != steps_per_epoch
+                or meta["seed"] != config.seed
+            ):
+                raise ValueError(
+                    f"the checkpoint in {checkpoint_dir} is of another run "
+                    f"(seed {meta['seed']}, {meta['steps_per_epoch']} steps per "
+                    f"epoch; this one: seed {config.seed}, {steps_per_epoch}); use "
+                    "another --workdir."
+                )
+            step, losses, history = found.step, meta["step_losses"], meta["history"]
+            params, rest = found.state["params"], found.state["rest"]
+            opt_state = found.state["opt_state"]
+    initial_train_loss = meta.get("initial_train_loss")
+    if initial_train_loss is None:
+        initial_train_loss, _ = held_out(x_train, y_train)
+    resumed_from = step
+    orders = _epoch_orders(
+        len(y_train), np.random.default_rng(config.seed), skip=step // steps_per_epoch
+    )
+    epoch_params: list[Any] = []
+    pending: list[jax.Array] = []  # losses not yet copied to the host
+    start = time.perf_counter()
+    while step < last:
+        perm = next(orders)
+        for i in range(step % steps_per_epoch, steps_per_epoch):
+            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+            x, y = load_batch(x_train, idx), load_batch(y_train, idx)
+            params, opt_state, rest, loss = train_step(params, opt_state, rest, x, y)
+            pending.append(loss)
+            step += 1
+            end_of_epoch = step % steps_per_epoch == 0
+            if end_of_epoch or (ckpt is not None and ckpt.due(step, last=last)):
+                losses += [float(v) for v in pending]
+                pending = []
+            if end_of_epoch:
+                test_loss, test_acc = held_out(data.test_images, data.test_labels)
+                history.append(
+                    {
+                        "epoch": step // steps_per_epoch,
+                        "train_loss": float(np.mean(losses[-steps_per_epoch:])),
+                        "test_loss": test_loss,
+                        "test_accuracy": test_acc,
+                    }
+                )
+                if keep_epoch_params:
+                    epoch_params.append(to_host(params))
+            if ckpt is not None and ckpt.due(step, last=last):
+                state = {"params": params, "opt_state": opt_state, "rest": rest}
+                ckpt.save(
+                    step,
+                    state,
+                    {
+                        "step": step,
+                        "epoch": step // steps_per_epoch,
+                        "batch_in_epoch": step % steps_per_epoch,
+                        "steps_per_epoch": steps_per_epoch,
+                        "seed": config.seed,
+                        "initial_train_loss": initial_train_loss,
+                        "step_losses": losses,
+                        "history": history,
+                        "processes": jax.process_count(),
+                        "mesh": None if mesh is None else dict(mesh.shape),
+                    },
+                )
     seconds = time.perf_counter() - start
+    if ckpt is not None:
+        ckpt.close()
     train_loss, train_acc = held_out(x_train, y_train)
+    test_loss, test_acc = held_out(data.test_images, data.test_labels)
     return {
         "params0": params0,
         "params": to_host(params),
@@ -445,6 +620,9 @@ def train(
         "test_accuracy": test_acc,
         "seconds": seconds,
         "devices": n_dev,
+        "processes": jax.process_count(),
+        "resumed_from": resumed_from,
+        "skipped_checkpoints": skipped,
     }
 
 
@@ -469,11 +647,14 @@ def train_and_evaluate(
 
     With ``config.compare_single_device`` it trains again from the same seed
     on one device with no mesh and compares the params after every epoch.
+    With ``config.checkpoint_every`` above 0 the mesh run saves checkpoints
+    to ``<workdir>/checkpoints`` and resumes from the newest sound one there.
 
     Args:
       config: see ``configs/default.py``.
-      workdir: directory for ``metrics.json`` (created if missing; written
-        by process 0 only).
+      workdir: directory for ``metrics.json`` and ``params.npz`` (the final
+        params by leaf name), written by process 0 only, and for the
+        checkpoints (created if missing).
 
     Returns:
       What it writes to ``metrics.json``: the mesh, each param's
@@ -486,7 +667,13 @@ def train_and_evaluate(
     data = cnn.load_data(config)
     mesh = make_mesh(tuple(config.mesh_shape))
     compare = config.compare_single_device
-    sharded = train(config, data, mesh, keep_epoch_params=compare)
+    sharded = train(
+        config,
+        data,
+        mesh,
+        checkpoint_dir=os.path.join(workdir, CHECKPOINTS),
+        keep_epoch_params=compare,
+    )
     metrics: dict[str, Any] = {
         k: v
         for k, v in sharded.items()
@@ -503,6 +690,9 @@ def train_and_evaluate(
     changes = diagnostics.kernel_changes(sharded["params0"], sharded["params"], kernels)
     metrics["weight_change"] = changes["weight"]
     metrics["fan_in_sum_change"] = changes["fan_in_sum"]
+    if compare and sharded["resumed_from"]:
+        # The epochs before the restart were not kept: nothing to compare.
+        compare = False
     if compare:
         single = train(config, data, None, keep_epoch_params=True)
         loss_diff = np.subtract(sharded["step_losses"], single["step_losses"])
@@ -521,4 +711,11 @@ def train_and_evaluate(
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
+        np.savez(os.path.join(workdir, "params.npz"), **flat_params(sharded["params"]))
     return metrics
+
+
+def flat_params(params: Any) -> dict[str, np.ndarray]:
+    """``{"conv1/kernel": array, ...}``: a params tree by leaf name."""
+    flat = jax.tree_util.tree_leaves_with_path(params)
+    return {diagnostics.leaf_name(path): np.asarray(x) for path, x in flat}

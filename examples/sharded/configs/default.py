@@ -32,4 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Train again from the same seed on one device, no mesh, and compare the
     # params after every epoch.
     config.compare_single_device = True
+    # The name of an optax_gc recipe (e.g. "adamw": optax_gc.adamw(
+    # learning_rate)) to train with instead of `optimizer`, `gc`, ...
+    config.recipe = ""
+    # Above 1: optax.MultiSteps, one update per this many batches.
+    config.accumulate_steps = 1
+    # Above 0: save a checkpoint to <workdir>/checkpoints every this many
+    # steps and at the end, keep the newest checkpoint_keep, and resume from
+    # the newest sound one on start.
+    config.checkpoint_every = 0
+    config.checkpoint_keep = 3
     return config
