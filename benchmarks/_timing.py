@@ -130,18 +130,22 @@ def fmt_compile(r: dict[str, Any], name: str) -> str:
     return f"{c['bare']:.2f} / {c[name]:.2f} ({r['compile_ratio'][name]['median']:.2f})"
 
 
-def argument_parser(doc: str | None, *, rounds: int) -> argparse.ArgumentParser:
+def argument_parser(
+    doc: str | None, *, rounds: int, reps: bool = True
+) -> argparse.ArgumentParser:
     """A benchmark script's argument parser, with the options all three have.
 
     The description is the script's docstring's first paragraph; defaults
-    are shown; ``--rounds``, ``--reps`` and ``--json`` are added.
+    are shown; ``--rounds``, ``--json`` and (if ``reps``: the script takes
+    several calls per round) ``--reps`` are added.
     """
     parser = argparse.ArgumentParser(
         description=(doc or "").split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rounds", type=int, default=rounds)
-    parser.add_argument("--reps", type=int, default=3, help="calls per round")
+    if reps:
+        parser.add_argument("--reps", type=int, default=3, help="calls per round")
     parser.add_argument("--json", default=None, help="write results here")
     return parser
 
@@ -149,6 +153,14 @@ def argument_parser(doc: str | None, *, rounds: int) -> argparse.ArgumentParser:
 def markdown_table(head: str, rows: Sequence[str]) -> str:
     """A Markdown table from its header row and its rows."""
     return "\n".join([head, "|---" * (head.count("|") - 1) + "|", *rows])
+
+
+def save_partial(args: argparse.Namespace, results: list[Any]) -> None:
+    """Writes ``--json`` with the results so far (a long run keeps them)."""
+    write_json(
+        args.json,
+        {"machine": machine(), "args": vars(args), "results": results, "partial": True},
+    )
 
 
 def report(args: argparse.Namespace, results: list[Any], text: str) -> list[Any]:

@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -57,14 +58,15 @@ def bench_tree(tree_name: str, *, rounds: int, reps: int) -> dict[str, Any]:
         for x in jax.tree.leaves(trees.materialize(trees.TREES[tree_name]()))
         if x.ndim >= 2
     ]
-    fns, compile_s = {}, {}
+    fns: dict[str, Callable[[], Any]] = {}
+    compile_s: dict[str, float] = {}
     for name, f in SUMS.items():
         jax.clear_caches()
         lowered = jax.jit(lambda xs, f=f: [f(x) for x in xs]).lower(kernels)
         t0 = time.perf_counter()
         compiled = lowered.compile()
         compile_s[name] = time.perf_counter() - t0
-        fns[name] = lambda c=compiled: c(kernels)
+        fns[name] = partial(compiled, kernels)
     times = _timing.interleaved(fns, rounds=rounds, reps=reps)
     return {
         "tree": tree_name,

@@ -12,7 +12,11 @@ loop) of these variants in interleaved rounds:
   extra read of the gradient, so its cost is the yardstick;
 * ``gc_gemv``, ``gc_gemv_1m`` (with ``--variants``): ``gc`` with the means
   of leading-axes kernels (all, or those of >= 2**20 entries) taken as a
-  matrix-vector product with a ones vector (``benchmarks/kernels.py``).
+  matrix-vector product with a ones vector (``benchmarks/kernels.py``);
+* ``gc_full`` (with ``--variants``): the floor, not GC: each kernel minus
+  its one full mean, the same reads and fused subtraction with the cheapest
+  reduction XLA has. With it, every row also gives its time over the
+  floor's in the same rounds (``/ floor``).
 
 Per row it prints the median of the per-round time ratios to ``bare`` (wall
 and CPU time) with their min-max, the memory-traffic bound beside them (one
@@ -31,6 +35,7 @@ from __future__ import annotations
 import statistics
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -51,6 +56,7 @@ OPTIMIZERS: dict[str, tuple[Callable[[], optax.GradientTransformation], int]] = 
 }
 
 DEFAULT_VARIANTS = ("bare", "gc", "optax_c")
+FLOOR = "gc_full"  # one full mean per kernel: XLA's floor for a reduction
 
 
 def transforms(
@@ -155,7 +161,7 @@ def bench_one(
         for name in variants[r % len(variants) :] + variants[: r % len(variants)]:
             # Without this, jax's in-memory caches return the last compile.
             jax.clear_caches()
-            ctimes[name].append(_timing.compile_seconds(lambda n=name: lower(n)))
+            ctimes[name].append(_timing.compile_seconds(partial(lower, name)))
     if compile_rounds:
         result["compile_s"] = {n: statistics.median(t) for n, t in ctimes.items()}
         result["compile_ratio"] = {
@@ -194,6 +200,15 @@ def bench_one(
         }
         for clock, by_name in times.items()
     }
+    if FLOOR in variants:
+        result["ratio_to_floor"] = {
+            clock: {
+                n: _timing.ratio_stats(by_name[n], by_name[FLOOR])
+                for n in variants[1:]
+                if n != FLOOR
+            }
+            for clock, by_name in times.items()
+        }
     return result
 
 
@@ -201,14 +216,15 @@ def table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (one row per tree, optimizer, variant)."""
     head = (
         "| tree | optimizer | variant | bare ms | ms | / bare (wall) "
-        "| / bare (CPU) | bound | bytes / bare | compile s bare / this (ratio) "
-        "| extra temp MB donated / not |"
+        "| / bare (CPU) | bound | bytes / bare | / floor (CPU) "
+        "| compile s bare / this (ratio) | extra temp MB donated / not |"
     )
     lines: list[str] = []
     for r in results:
         wall, cpu = r["ratio"]["wall"], r["ratio"]["cpu"]
         ms = r["time_ms"]["wall"]
         mem, ba = r["memory"], r["bytes_accessed"]
+        to_floor = r.get("ratio_to_floor", {}).get("cpu", {})
         for name in wall:
             extra = [
                 (mem[k][name]["temp"] - mem[k]["bare"]["temp"]) / 1e6
@@ -218,7 +234,9 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {r['tree']} | {r['optimizer']} | {name} | {ms['bare']:.1f} "
                 f"| {ms[name]:.1f} | {_timing.fmt_ratio(wall[name])} "
                 f"| {_timing.fmt_ratio(cpu[name])} | {r['bound']:.3f} "
-                f"| {ba[name] / ba['bare']:.3f} | {_timing.fmt_compile(r, name)} "
+                f"| {ba[name] / ba['bare']:.3f} "
+                f"| {_timing.fmt_ratio(to_floor.get(name))} "
+                f"| {_timing.fmt_compile(r, name)} "
                 f"| {extra[0]:.2f} / {extra[1]:.2f} |"
             )
     return _timing.markdown_table(head, lines)
@@ -257,6 +275,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 compile_rounds=args.compile_rounds,
             )
             results.append(r)
+            _timing.save_partial(args, results)
             print("\n".join(table([r]).splitlines()[2:]), flush=True)
     print()
     return _timing.report(args, results, table(results))

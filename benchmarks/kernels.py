@@ -63,19 +63,62 @@ def gemv(min_size: int = 0) -> Kernel:
     return kernel
 
 
+def full_mean(g: Any, axes: tuple[int, ...] | None) -> Any:
+    """Not GC: ``g - mean(g)``, one full sum per leaf GC would centralize.
+
+    The same reads and the same fused subtraction as GC, but the cheapest
+    reduction XLA has (every entry into one number): the floor a reduction
+    can reach through XLA, to measure GC's own reduction against.
+    """
+    if axes is None or not is_centralizable(g) or fan_in_size(g.shape, axes) == 1:
+        return library_kernel(g, axes)
+    return g - jnp.mean(g)
+
+
+def trailing(*, rank3_only: bool) -> Kernel:
+    """GC with the fan-in axes moved last before the reduce (``moveaxis``).
+
+    The same means; written so that XLA:CPU's layout assignment can read a
+    gradient that a dot produced in ``(out, in)`` order (the attention
+    query/key/value kernels inside a train step) without first copying it
+    into ``(in, out)`` order. With ``rank3_only``, only kernels of rank 3
+    centralized over axis 0 (attention query/key/value) are rewritten.
+    """
+
+    def kernel(g: Any, axes: tuple[int, ...] | None) -> Any:
+        if (
+            axes is None
+            or not is_centralizable(g)
+            or fan_in_size(g.shape, axes) == 1
+            or (rank3_only and (g.ndim != 3 or axes != (0,)))
+            or jnp.finfo(g.dtype).bits < 32
+        ):
+            return library_kernel(g, axes)
+        last = tuple(range(g.ndim - len(axes), g.ndim))
+        moved = jnp.moveaxis(g, axes, last)
+        mean = jnp.mean(moved, axis=last, keepdims=True)
+        return g - jnp.moveaxis(mean, last, axes)
+
+    return kernel
+
+
 KERNELS: dict[str, Kernel] = {
     "gemv": gemv(),  # every leading-axes float32 kernel
     "gemv_1m": gemv(1 << 20),  # only kernels of >= 2**20 entries (4 MiB)
+    "full": full_mean,  # the floor (not GC): one full mean per kernel
+    "trailing": trailing(rank3_only=False),  # every kernel's fan-in moved last
+    "trailing_qkv": trailing(rank3_only=True),  # attention q/k/v kernels only
 }
 
 
 @contextmanager
 def _swapped(kernel: Kernel) -> Iterator[None]:
-    _centralize.centralize_leaf = kernel
+    # setattr: the module attribute is a function, the kernel any Kernel.
+    setattr(_centralize, "centralize_leaf", kernel)  # noqa: B010
     try:
         yield
     finally:
-        _centralize.centralize_leaf = library_kernel
+        setattr(_centralize, "centralize_leaf", library_kernel)  # noqa: B010
 
 
 def patched(

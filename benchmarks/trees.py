@@ -1,9 +1,10 @@
 """Parameter trees for the benchmarks, in Flax layout.
 
 Shapes only, as nested dicts of ``jax.ShapeDtypeStruct``; :func:`materialize`
-fills one with random arrays. Kernels are Flax-shaped: Dense ``(in, out)``,
-Conv ``(kh, kw, in, out)``, attention query/key/value ``(in, heads, dim)`` and
-output ``(heads, dim, out)``.
+fills one with random arrays. ResNet-50 and ViT-B/16 are read from the linen
+modules of ``models.py`` (without computing anything). Kernels are
+Flax-shaped: Dense ``(in, out)``, Conv ``(kh, kw, in, out)``, attention
+query/key/value ``(in, heads, dim)`` and output ``(heads, dim, out)``.
 """
 
 from __future__ import annotations
@@ -21,61 +22,26 @@ def _s(*shape: int, dtype: Any = jnp.float32) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _norm(n: int) -> Tree:
-    return {"scale": _s(n), "bias": _s(n)}
-
-
 def resnet50(num_classes: int = 1000) -> Tree:
-    """ResNet-50 (v1.5, as in the Flax ImageNet example): 25,557,032 params."""
-    tree: Tree = {"conv_init": {"kernel": _s(7, 7, 3, 64)}, "bn_init": _norm(64)}
-    cin = 64
-    stages = zip((3, 4, 6, 3), (64, 128, 256, 512), strict=True)
-    for stage, (blocks, width) in enumerate(stages):
-        for b in range(blocks):
-            block: Tree = {
-                "Conv_0": {"kernel": _s(1, 1, cin, width)},
-                "BatchNorm_0": _norm(width),
-                "Conv_1": {"kernel": _s(3, 3, width, width)},
-                "BatchNorm_1": _norm(width),
-                "Conv_2": {"kernel": _s(1, 1, width, 4 * width)},
-                "BatchNorm_2": _norm(4 * width),
-            }
-            if b == 0:
-                block["conv_proj"] = {"kernel": _s(1, 1, cin, 4 * width)}
-                block["norm_proj"] = _norm(4 * width)
-            tree[f"stage{stage + 1}_block{b + 1}"] = block
-            cin = 4 * width
-    tree["head"] = {"kernel": _s(cin, num_classes), "bias": _s(num_classes)}
-    return tree
+    """ResNet-50 (v1.5, as in the Flax ImageNet example): 25,557,032 params.
+
+    The params of ``models.ResNet50``, so the train-step benchmark trains
+    exactly this tree.
+    """
+    from benchmarks import models
+
+    return models.param_shapes("resnet50", num_classes=num_classes)
 
 
 def vit_b16(num_classes: int = 1000, image: int = 224) -> Tree:
-    """ViT-B/16 (as in google-research/vision_transformer): 86,567,656 params."""
-    d, heads, mlp, layers = 768, 12, 3072, 12
-    tokens = (image // 16) ** 2 + 1
-    tree: Tree = {
-        "embedding": {"kernel": _s(16, 16, 3, d), "bias": _s(d)},
-        "cls": _s(1, 1, d),
-        "pos_embedding": _s(1, tokens, d),
-    }
-    for i in range(layers):
-        attn = {
-            name: {"kernel": _s(d, heads, d // heads), "bias": _s(heads, d // heads)}
-            for name in ("query", "key", "value")
-        }
-        attn["out"] = {"kernel": _s(heads, d // heads, d), "bias": _s(d)}
-        tree[f"encoderblock_{i}"] = {
-            "LayerNorm_0": _norm(d),
-            "MultiHeadDotProductAttention_0": attn,
-            "LayerNorm_1": _norm(d),
-            "MlpBlock_3": {
-                "Dense_0": {"kernel": _s(d, mlp), "bias": _s(mlp)},
-                "Dense_1": {"kernel": _s(mlp, d), "bias": _s(d)},
-            },
-        }
-    tree["encoder_norm"] = _norm(d)
-    tree["head"] = {"kernel": _s(d, num_classes), "bias": _s(num_classes)}
-    return tree
+    """ViT-B/16 (as in google-research/vision_transformer): 86,567,656 params.
+
+    The params of ``models.ViTB16`` on ``image`` x ``image`` inputs (the
+    position embedding has one row per patch and one for the class token).
+    """
+    from benchmarks import models
+
+    return models.param_shapes("vit_b16", image=image, num_classes=num_classes)
 
 
 def vit_reduction_axes(tree: Tree) -> Any:

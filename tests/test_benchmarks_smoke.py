@@ -29,11 +29,14 @@ def test_bench_update_quick_runs_and_writes_json(tmp_path, capsys) -> None:
     from benchmarks import bench_update
 
     out = tmp_path / "update.json"
-    results = bench_update.main(["--quick", "--optimizers", "sgdm", "--json", str(out)])
+    variants = "bare,gc,optax_c,gc_full"
+    args = ["--quick", "--optimizers", "sgdm", "--variants", variants]
+    results = bench_update.main([*args, "--json", str(out)])
 
     (r,) = results
     assert (r["tree"], r["optimizer"]) == ("tiny", "sgdm")
-    assert set(r["ratio"]["wall"]) == {"gc", "optax_c"}
+    assert set(r["ratio"]["wall"]) == {"gc", "optax_c", "gc_full"}
+    assert set(r["ratio_to_floor"]["cpu"]) == {"gc", "optax_c"}
     for clock in ("wall", "cpu"):
         assert all(s["median"] > 0 for s in r["ratio"][clock].values())
     # GC reads the gradient once more than the bare optimizer.
@@ -52,12 +55,20 @@ def test_bench_update_quick_runs_and_writes_json(tmp_path, capsys) -> None:
 def test_bench_step_quick_runs(capsys) -> None:
     from benchmarks import bench_step
 
-    (r,) = bench_step.main(["--quick", "--optimizers", "sgdm", "--variants", "bare,gc"])
+    (r,) = bench_step.main(
+        ["--quick", "--optimizers", "sgdm", "--variants", "bare,gc,floor"]
+    )
 
-    assert r["image"] == 8
-    assert set(r["time_ms"]["wall"]) == {"bare", "gc"}
-    assert r["ratio"]["cpu"]["gc"]["median"] > 0
-    assert "| sgdm |" in capsys.readouterr().out
+    assert (r["model"], r["image"], r["batch"]) == ("cnn", 8, 8)
+    assert set(r["time_ms"]["wall"]) == {"bare", "gc"}  # floor: profiled only
+    gc = r["ratio"]["cpu"]["gc"]
+    assert gc["median"] > 0 and len(gc["blocks"]) == 2
+    # The CNN's five kernels: one added reduce each, in GC and in the floor.
+    assert r["profile"]["gc"]["added_reduces"] == 5
+    assert r["profile"]["floor"]["added_reduces"] == 5
+    assert r["profile"]["gc"]["reduces"]["named_ms"] > 0
+    assert r["analysis"]["gc"]["bytes"] > r["analysis"]["bare"]["bytes"]
+    assert "| cnn | 8x8, 8 | sgdm |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -71,14 +82,20 @@ def test_bench_means_quick_runs() -> None:
 
 
 def test_benchmark_trees_have_their_published_sizes() -> None:
-    from benchmarks import trees
+    from benchmarks import models, trees
+    from optax_gc.flax import linen_fan_in_axes
 
     assert trees.num_params(trees.resnet50()) == 25_557_032
-    assert trees.num_params(trees.vit_b16()) == 86_567_656
-    axes = trees.vit_reduction_axes(trees.vit_b16())
+    vit = trees.vit_b16()
+    assert trees.num_params(vit) == 86_567_656
+    axes = trees.vit_reduction_axes(vit)
     attn = axes["encoderblock_0"]["MultiHeadDotProductAttention_0"]
     assert attn["query"] == {"kernel": (0,), "bias": None}
     assert attn["out"]["kernel"] == (0, 1)
+    # The update benchmark's hand-written axes are what the train-step
+    # benchmark reads from the linen model.
+    x = jnp.zeros((1, 224, 224, 3))
+    assert linen_fan_in_axes(models.ViTB16(), x, rules=models.VIT_RULES) == axes
 
 
 # ------------------------------------------- properties the numbers rest on
@@ -123,6 +140,71 @@ def test_gc_costs_one_read_of_the_kernels_and_no_temporary(donate) -> None:
     assert extra_temp <= kernel_bytes // 10
 
 
+@pytest.mark.standard_promotion
+def test_profile_finds_the_reduces_gc_adds_next_to_their_gradients() -> None:
+    import optax
+
+    from benchmarks import _profile
+
+    params = {"conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)}}
+    params["dense"] = {"kernel": jnp.ones((32, 16))}
+
+    def hlo(tx):
+        def step(p, g):
+            u, _ = tx.update(g, tx.init(p), p)
+            return optax.apply_updates(p, u)
+
+        return jax.jit(step).lower(params, params).compile().as_text()
+
+    sgd = optax.sgd(0.1, momentum=0.9)
+    diff = _profile.added_instructions(
+        hlo(sgd), hlo(optax.chain(optax_gc.centralize(), sgd))
+    )
+
+    assert len(diff["added_reduces"]) == 2  # one per kernel, none for the bias
+    assert all(d >= 1 for d in diff["distance"])
+    assert diff["counts"]["gc"]["instructions"] > diff["counts"]["bare"]["instructions"]
+
+
+def test_thunk_times_sums_the_named_thunks_per_step() -> None:
+    from benchmarks import _profile
+
+    def ev(name, ts, dur, tid=1):
+        return {"name": name, "ts": ts, "dur": dur, "tid": tid, "ph": "X"}
+
+    events = [
+        ev("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice", 0, 1),
+        ev("conv", 1, 6),
+        ev("reduce.1", 7, 3),
+        ev("other", 7, 2, tid=2),  # on another thread, during the reduce
+        ev("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice", 20, 1),
+        ev("conv", 21, 6),
+        ev("reduce.1", 27, 3),
+    ]
+
+    t = _profile.thunk_times(
+        events, thunks={"conv", "reduce.1", "other"}, names={"reduce.1"}
+    )
+
+    assert t["steps"] == 2
+    assert t["step_ms"] == pytest.approx(10e-3)
+    assert t["named_ms"] == pytest.approx(3e-3)
+    assert t["named_share"] == pytest.approx(0.3)
+    assert t["overlap"] == pytest.approx(2 / 6)
+
+
+def test_floor_kernel_subtracts_one_full_mean() -> None:
+    from benchmarks import kernels
+
+    g = jax.random.normal(jax.random.key(0), (3, 3, 4, 8)) + 0.5
+
+    out = kernels.KERNELS["full"](g, (0, 1, 2))
+
+    np.testing.assert_allclose(out, g - g.mean(), atol=1e-6)
+    bias = g[0, 0, 0]
+    assert kernels.KERNELS["full"](bias, None) is bias  # left alone, as by GC
+
+
 KERNEL_CASES = [
     ((3, 3, 8, 16), (0, 1, 2)),  # Flax conv
     ((48, 24), (0,)),  # Dense
@@ -132,7 +214,7 @@ KERNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", ["gemv", "gemv_1m"])
+@pytest.mark.parametrize("name", ["gemv", "gemv_1m", "trailing", "trailing_qkv"])
 @pytest.mark.parametrize(("shape", "axes"), KERNEL_CASES, ids=str)
 def test_alternative_kernels_compute_the_same_gc(name, shape, axes) -> None:
     from benchmarks import kernels
