@@ -1,6 +1,6 @@
 """Image classification data for the examples, offline first.
 
-Four datasets, all as ``(N, H, W, C)`` float32 images in ``[0, 1]`` and int32
+Five datasets, all as ``(N, H, W, C)`` float32 images in ``[0, 1]`` and int32
 labels:
 
 * ``digits``: the 1,797 8x8 digits bundled with scikit-learn. No files, no
@@ -15,6 +15,14 @@ labels:
   ``flow_from_directory`` orders them. :func:`load_horses_or_humans` looks in
   ``data_dir`` (the two zips, not hashed), then the cache, then downloads
   them, checking each zip's size and SHA-256.
+* ``cifar10``: the 50,000 training and 10,000 test 32x32 RGB images of the
+  published ``cifar-10-python.tar.gz`` (the pickled batches of Alex
+  Krizhevsky's page). :func:`load_cifar10` looks in ``data_dir`` (the
+  archive, not hashed), then the cache, then downloads it, checking its size
+  and its published MD5 (the only checksum the page gives), and parses every
+  batch with an unpickler that builds NumPy arrays and nothing else. The
+  ``examples/compare`` ResNet trains on it (``--config.dataset=cifar10``);
+  the other examples take the datasets of :data:`DATASETS`.
 
 Where :func:`load` looks for IDX files, in order:
 
@@ -37,18 +45,22 @@ the cache came from a download and are hashed on every load.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import http.client
 import io
 import math
 import os
+import pickle
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -76,9 +88,11 @@ class Dataset(NamedTuple):
     source: str
 
 
-# The ten-class sets and the two-class image zips.
+# The ten-class sets and the two-class image zips: what every example takes.
 TEN_CLASS = ("digits", "fashion_mnist", "mnist")
 DATASETS = (*TEN_CLASS, "horses_or_humans")
+# Also loaded by :func:`load` (the compare example's ResNet trains on it).
+CIFAR10 = "cifar10"
 
 # The four IDX files of an MNIST-style dataset, in Dataset field order.
 IDX_FILES = (
@@ -179,10 +193,11 @@ def load(
     """Loads a dataset by name, from local files first (see the module doc).
 
     Args:
-        name: One of :data:`DATASETS`.
-        data_dir: A directory holding the four IDX files (``.gz`` or not), or
-            the two Horses or Humans zips. When given it is the only place
-            looked at. Ignored for ``digits``.
+        name: One of :data:`DATASETS`, or ``"cifar10"``.
+        data_dir: A directory holding the four IDX files (``.gz`` or not),
+            the two Horses or Humans zips, or ``cifar-10-python.tar.gz``.
+            When given it is the only place looked at. Ignored for
+            ``digits``.
         cache_dir: Where downloads go and are looked for; default
             :func:`default_cache_dir` of ``name``.
         download: Whether to download the files when they are nowhere local.
@@ -193,8 +208,9 @@ def load(
         The :class:`Dataset`.
 
     Raises:
-        ValueError: For an unknown ``name``, a malformed IDX file, or a
-            download whose SHA-256 does not match (the file is deleted).
+        ValueError: For an unknown ``name``, a malformed IDX file or CIFAR-10
+            archive, or a download whose checksum does not match (the file
+            is deleted).
         FileNotFoundError: When the files are in none of the places looked at
             and cannot be downloaded; the message says what to install or
             pass.
@@ -205,13 +221,15 @@ def load(
         >>> data.train_images.shape, data.test_images.shape, data.num_classes
         ((1438, 8, 8, 1), (359, 8, 8, 1), 10)
     """
-    if name not in DATASETS:
+    if name not in (*DATASETS, CIFAR10):
         raise ValueError(
-            f"Unknown dataset {name!r}: use one of {TEN_CLASS} (10 classes) or "
-            "'horses_or_humans' (2 classes)."
+            f"Unknown dataset {name!r}: use one of {TEN_CLASS} (10 classes), "
+            "'cifar10' (10 classes, RGB) or 'horses_or_humans' (2 classes)."
         )
     if name == "digits":
         return load_digits()
+    if name == CIFAR10:
+        return load_cifar10(data_dir=data_dir, cache_dir=cache_dir, download=download)
     if name == "horses_or_humans":
         return load_horses_or_humans(
             data_dir=data_dir,
@@ -444,9 +462,14 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def download_file(
-    url: str, dest: str | os.PathLike, *, sha256: str, size: int | None = None
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    md5: str | None = None,
 ) -> Path:
-    """Downloads ``url`` to ``dest`` if, and only if, its SHA-256 matches.
+    """Downloads ``url`` to ``dest`` if, and only if, its checksum matches.
 
     The data goes to a temporary file next to ``dest``, is hashed while it is
     written, and is renamed onto ``dest`` only when the hash matches, so
@@ -457,23 +480,29 @@ def download_file(
         dest: Where to put it; its directory is created.
         sha256: The expected SHA-256, hex.
         size: The expected size in bytes, if known (checked first).
+        md5: The expected MD5, hex, where that is all the publisher gives
+            (CIFAR-10); with ``sha256`` both are checked.
 
     Returns:
         ``dest``.
 
     Raises:
-        ValueError: If the size or the SHA-256 differs (nothing is kept).
+        TypeError: If neither ``sha256`` nor ``md5`` is given.
+        ValueError: If the size or a checksum differs (nothing is kept).
         OSError: If the download fails (nothing is kept).
     """
+    if sha256 is None and md5 is None:
+        raise TypeError("download_file needs sha256= or md5= to check the file.")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     tmp = Path(tmp_name)
     try:
-        digest, written = hashlib.sha256(), 0
+        digest, digest_md5, written = hashlib.sha256(), hashlib.md5(), 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
             for chunk in iter(lambda: r.read(1 << 20), b""):
                 digest.update(chunk)
+                digest_md5.update(chunk)
                 out.write(chunk)
                 written += len(chunk)
         if size is not None and written != size:
@@ -482,13 +511,17 @@ def download_file(
                 "The download was deleted; try again, or get the file another "
                 "way (see the data_dir option)."
             )
-        if digest.hexdigest() != sha256.lower():
-            raise ValueError(
-                f"SHA-256 mismatch for {url}: got {digest.hexdigest()}, expected "
-                f"{sha256}. The download was deleted. The server or a proxy "
-                "served different data; try again later or get the files "
-                "another way (see the data_dir option)."
-            )
+        for label, want, got in (
+            ("SHA-256", sha256, digest.hexdigest()),
+            ("MD5", md5, digest_md5.hexdigest()),
+        ):
+            if want is not None and got != want.lower():
+                raise ValueError(
+                    f"{label} mismatch for {url}: got {got}, expected {want}. "
+                    "The download was deleted. The server or a proxy served "
+                    "different data; try again later or get the files another "
+                    "way (see the data_dir option)."
+                )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -761,5 +794,235 @@ def _zips_not_found(cache: Path, reason: str) -> str:
             "  - download them (download=True, the default; needs network access "
             f"to {HORSES_OR_HUMANS_URL})",
             "  - or use the bundled scikit-learn digits (dataset 'digits').",
+        ]
+    )
+
+
+# --- CIFAR-10: one archive of pickled batches ------------------------------------
+
+# The archive on Alex Krizhevsky's page, its size and the MD5 the page gives.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_SIZE = 170_498_071
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+# Its members: five training batches and one test batch of 10,000 images.
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_BATCH = "test_batch"
+CIFAR10_SIDE = 32
+# What a batch's pickle may build: NumPy arrays (NumPy 1 and 2 module names)
+# and, in pickles written by Python 3 at protocol 2, bytes via codecs.encode.
+_CIFAR10_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain data and NumPy arrays; any other global is refused.
+
+    A pickle can run any callable it names; a CIFAR-10 batch needs only
+    these, so a foreign or tampered file fails instead of running code.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR10_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"global {module}.{name} is not allowed in a CIFAR-10 batch"
+            )
+        if name == "_reconstruct":  # NumPy's, whatever its module is called
+            return np.ndarray.__reduce__(np.zeros(0))[0]
+        if module == "_codecs":
+            return codecs.encode
+        return getattr(np, name)
+
+
+def load_cifar10(
+    *, data_dir: _Dir = None, cache_dir: _Dir = None, download: bool = True
+) -> Dataset:
+    """CIFAR-10 from ``cifar-10-python.tar.gz``: 50,000 train and 10,000 test images.
+
+    Args:
+        data_dir: A directory holding ``cifar-10-python.tar.gz``; when
+            given, the only place looked at (the archive is parsed, not
+            hashed, as for IDX files).
+        cache_dir: Where the download goes and is looked for; default
+            :func:`default_cache_dir` of ``"cifar10"``. A cached archive is
+            checked (size and MD5) on every load.
+        download: Whether to download the archive when it is nowhere local.
+
+    Returns:
+        The :class:`Dataset`: images ``(N, 32, 32, 3)`` float32 in ``[0, 1]``
+        (the batches' channel-first rows, transposed), labels int32 in
+        ``0..9``.
+
+    Raises:
+        ValueError: For an archive that is not a gzipped tar, lacks a batch,
+            or holds a batch that is not CIFAR-10's (naming it), or a
+            download of the wrong size or MD5 (nothing is kept).
+        FileNotFoundError: When the archive is nowhere and cannot be
+            downloaded; the message says what to pass.
+    """
+    archive = find_cifar10(data_dir=data_dir, cache_dir=cache_dir, download=download)
+    train_images, train_labels, test_images, test_labels = read_cifar10(archive)
+    return Dataset(
+        name=CIFAR10,
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        num_classes=10,
+        source=os.fspath(archive.parent),
+    )
+
+
+def find_cifar10(
+    *, data_dir: _Dir = None, cache_dir: _Dir = None, download: bool = True
+) -> Path:
+    """The path of ``cifar-10-python.tar.gz``: ``data_dir``, the cache or a download.
+
+    Args and errors as in :func:`load_cifar10`.
+    """
+    if data_dir is not None:
+        path = Path(data_dir) / CIFAR10_ARCHIVE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"data_dir {os.fspath(data_dir)!r} lacks {CIFAR10_ARCHIVE}. Put "
+                f"the archive there (from {CIFAR10_URL}), or leave data_dir unset "
+                "to use the cache or a download."
+            )
+        return path
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(CIFAR10)
+    path = cache / CIFAR10_ARCHIVE
+    if path.is_file():
+        if path.stat().st_size == CIFAR10_SIZE and _md5_of(path) == CIFAR10_MD5:
+            return path
+        path.unlink()  # truncated or foreign: never read it
+    if not download:
+        raise FileNotFoundError(
+            _cifar10_not_found(
+                cache,
+                f"{CIFAR10_ARCHIVE} is not in the cache (or was corrupt and "
+                "deleted), and downloading is turned off",
+            )
+        )
+    url = CIFAR10_URL + CIFAR10_ARCHIVE
+    try:
+        download_file(url, path, md5=CIFAR10_MD5, size=CIFAR10_SIZE)
+    except (OSError, http.client.HTTPException) as e:
+        raise FileNotFoundError(
+            _cifar10_not_found(cache, f"downloading {url} failed: {e}")
+        ) from e
+    return path
+
+
+def read_cifar10(
+    path: str | os.PathLike,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The training and test images and labels of a CIFAR-10 python archive.
+
+    Reads ``cifar-10-batches-py/data_batch_1`` to ``_5`` and ``test_batch``:
+    each a pickled dict whose ``data`` is a uint8 array ``(n, 3072)`` (the
+    red, green and blue 32x32 planes of each image, row-major) and whose
+    ``labels`` are ``n`` ints in ``0..9``.
+
+    Args:
+        path: The archive.
+
+    Returns:
+        ``(train_images, train_labels, test_images, test_labels)``: float32
+        ``(N, 32, 32, 3)`` in ``[0, 1]`` and int32 ``(N,)``.
+
+    Raises:
+        ValueError: If the file is not a gzipped tar, lacks a batch, or a
+            batch is not a CIFAR-10 batch, naming the file and the batch.
+    """
+    path = Path(path)
+    raw: dict[str, bytes | None] = {}
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            members = set(archive.getnames())
+            for batch in (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH):
+                member = f"{CIFAR10_FOLDER}/{batch}"
+                f = archive.extractfile(member) if member in members else None
+                raw[batch] = None if f is None else f.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ValueError(
+            f"{path}: not a gzipped tar archive ({e}). Fetch it again."
+        ) from e
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for batch, pickled in raw.items():
+        member = f"{CIFAR10_FOLDER}/{batch}"
+        if pickled is None:
+            raise ValueError(f"{path}: lacks {member}. Is it {CIFAR10_ARCHIVE}?")
+        parts[batch] = _cifar10_batch(pickled, f"{path}:{member}")
+    out = []
+    for names in (CIFAR10_TRAIN_BATCHES, (CIFAR10_TEST_BATCH,)):
+        rows = np.concatenate([parts[n][0] for n in names])
+        images = rows.reshape(-1, 3, CIFAR10_SIDE, CIFAR10_SIDE).transpose(0, 2, 3, 1)
+        out += [
+            images.astype(np.float32) / np.float32(255.0),
+            np.concatenate([parts[n][1] for n in names]),
+        ]
+    train_images, train_labels, test_images, test_labels = out
+    return train_images, train_labels, test_images, test_labels
+
+
+def _cifar10_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's ``(data, labels)``, checked; ``where`` names it in errors."""
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise ValueError(f"{where}: not a CIFAR-10 batch ({e}).") from e
+    if not isinstance(batch, dict) or not {"data", "labels"} <= batch.keys():
+        raise ValueError(f"{where}: not a CIFAR-10 batch (no 'data' and 'labels').")
+    data, labels = batch["data"], np.asarray(batch["labels"])
+    pixels = 3 * CIFAR10_SIDE * CIFAR10_SIDE
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or (data.ndim != 2 or data.shape[1] != pixels)
+    ):
+        raise ValueError(
+            f"{where}: expected uint8 data of shape (n, {pixels}), got "
+            f"{getattr(data, 'dtype', type(data).__name__)} "
+            f"{getattr(data, 'shape', '')}."
+        )
+    if labels.shape != data.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where}: expected {len(data)} integer labels, got {labels.dtype} "
+            f"{labels.shape}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{where}: labels out of range 0..9.")
+    return data, labels.astype(np.int32)
+
+
+def _md5_of(path: Path) -> str:
+    """The MD5 of a file, as hex (CIFAR-10's page publishes only that)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cifar10_not_found(cache: Path, reason: str) -> str:
+    """What was tried for CIFAR-10 and the ways to make it available."""
+    return "\n".join(
+        [
+            "Dataset 'cifar10' not found.",
+            f"  Looked in: {cache} (download cache)",
+            f"  Download: {reason}.",
+            "To fix, do one of:",
+            f"  - put {CIFAR10_ARCHIVE} in a directory and pass it as data_dir "
+            "(--config.data_dir=DIR)",
+            "  - download it (download=True, the default; needs network access "
+            f"to {CIFAR10_URL})",
+            "  - or use Fashion-MNIST (apt-get install dataset-fashion-mnist) or "
+            "the bundled scikit-learn digits.",
         ]
     )

@@ -8,6 +8,8 @@ import gzip
 import hashlib
 import io
 import os
+import pickle
+import tarfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -360,9 +362,10 @@ def test_nothing_available_mnist_has_no_apt_hint(offline):
 def test_unknown_dataset():
     with pytest.raises(
         ValueError,
-        match=r"Unknown dataset 'cifar10': use one of \('digits', 'fashion_mnist', 'mnist'\)",
+        match=r"Unknown dataset 'svhn': use one of \('digits', 'fashion_mnist', 'mnist'\)"
+        r" \(10 classes\), 'cifar10'",
     ):
-        datasets.load("cifar10")
+        datasets.load("svhn")
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -570,3 +573,202 @@ def test_horses_or_humans_pinned():
     assert datasets.HORSES_OR_HUMANS_URL == (
         "https://storage.googleapis.com/learning-datasets/"
     )
+
+
+# --- CIFAR-10: a tar.gz of pickled batches -------------------------------------
+
+
+def cifar_batch(n: int, seed: int) -> dict:
+    """One batch as the published archive holds it, built here independently."""
+    rng = np.random.default_rng(seed)
+    return {
+        "batch_label": f"batch {seed}",
+        "labels": [int(v) for v in rng.integers(0, 10, n)],
+        "data": rng.integers(0, 256, (n, 3072), np.uint8),
+        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
+    }
+
+
+def fake_cifar(path: Path, *, n=2, batches=None, extra=None) -> dict:
+    """A small cifar-10-python.tar.gz: 5 training batches of n, a test batch of 3.
+
+    ``batches`` replaces pickled members by raw bytes (or drops them with
+    None); returns the batch dicts written.
+    """
+    written = {f"data_batch_{i}": cifar_batch(n, i) for i in range(1, 6)}
+    written["test_batch"] = cifar_batch(3, 9)
+    members = {name: pickle.dumps(b, protocol=2) for name, b in written.items()}
+    members["batches.meta"] = pickle.dumps({"label_names": list("abcdefghij")})
+    members.update(batches or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {**members, **(extra or {})}.items():
+            if data is None:
+                continue
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return written
+
+
+def test_cifar10_from_data_dir(tmp_path):
+    written = fake_cifar(tmp_path / "d" / "cifar-10-python.tar.gz")
+    data = datasets.load("cifar10", data_dir=tmp_path / "d")
+    assert data.name == "cifar10" and data.num_classes == 10
+    assert data.source == os.fspath(tmp_path / "d")
+    assert data.train_images.shape == (10, 32, 32, 3)
+    assert data.test_images.shape == (3, 32, 32, 3)
+    assert data.train_images.dtype == np.float32 and data.train_labels.dtype == np.int32
+    train = [written[f"data_batch_{i}"] for i in range(1, 6)]
+    assert data.train_labels.tolist() == [v for b in train for v in b["labels"]]
+    assert data.test_labels.tolist() == written["test_batch"]["labels"]
+    # Row 3 of the third batch's 2nd image: red plane first, row-major.
+    raw = written["data_batch_3"]["data"][1]
+    for c in range(3):
+        assert (
+            data.train_images[5, 3, 7, c]
+            == np.float32(raw[c * 1024 + 3 * 32 + 7]) / 255
+        )
+    assert data.train_images.min() >= 0.0 and data.train_images.max() <= 1.0
+
+
+def test_cifar10_data_dir_missing_archive(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"lacks cifar-10-python\.tar\.gz"):
+        datasets.load("cifar10", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("batches", "match"),
+    [
+        ({"data_batch_4": None}, r"lacks cifar-10-batches-py/data_batch_4"),
+        ({"test_batch": b"not a pickle"}, r"test_batch: not a CIFAR-10 batch"),
+        (
+            {"data_batch_1": pickle.dumps({"data": np.zeros((2, 5), np.uint8)})},
+            r"data_batch_1: not a CIFAR-10 batch \(no 'data' and 'labels'\)",
+        ),
+        (
+            {
+                "data_batch_2": pickle.dumps(
+                    {"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}
+                )
+            },
+            r"expected uint8 data of shape \(n, 3072\), got float32",
+        ),
+        (
+            {
+                "data_batch_5": pickle.dumps(
+                    {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}
+                )
+            },
+            r"data_batch_5: labels out of range 0..9",
+        ),
+        (
+            {
+                "test_batch": pickle.dumps(
+                    {"data": np.zeros((2, 3072), np.uint8), "labels": [0]}
+                )
+            },
+            r"expected 2 integer labels",
+        ),
+    ],
+)
+def test_cifar10_bad_batches_name_the_member(tmp_path, batches, match):
+    fake_cifar(tmp_path / "cifar-10-python.tar.gz", batches=batches)
+    with pytest.raises(ValueError, match=match):
+        datasets.read_cifar10(tmp_path / "cifar-10-python.tar.gz")
+
+
+class _Touch:
+    """Unpickling this would run ``touch <marker>``: the loader must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar10_refuses_foreign_pickles(tmp_path):
+    marker = tmp_path / "ran"
+    fake_cifar(
+        tmp_path / "cifar-10-python.tar.gz",
+        batches={"data_batch_1": pickle.dumps({"data": _Touch(marker), "labels": []})},
+    )
+    with pytest.raises(ValueError, match=r"global posix\.system is not allowed"):
+        datasets.read_cifar10(tmp_path / "cifar-10-python.tar.gz")
+    assert not marker.exists()
+
+
+def test_cifar10_not_a_tar(tmp_path):
+    (tmp_path / "x.tar.gz").write_bytes(b"plain text")
+    with pytest.raises(ValueError, match=r"not a gzipped tar archive"):
+        datasets.read_cifar10(tmp_path / "x.tar.gz")
+
+
+@pytest.fixture
+def cifar_mirror(monkeypatch, tmp_path, offline):
+    """A file:// mirror of a small archive, with its size and MD5 pinned."""
+    archive = tmp_path / "cifar-mirror" / "cifar-10-python.tar.gz"
+    written = fake_cifar(archive)
+    monkeypatch.setattr(datasets, "CIFAR10_URL", archive.parent.as_uri() + "/")
+    monkeypatch.setattr(datasets, "CIFAR10_SIZE", archive.stat().st_size)
+    monkeypatch.setattr(
+        datasets, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest()
+    )
+    monkeypatch.setattr(urllib.request, "urlopen", _real_urlopen)
+    return written
+
+
+def test_cifar10_download_then_cache(monkeypatch, offline, cifar_mirror):
+    data = datasets.load("cifar10", cache_dir=offline)
+    assert data.source == os.fspath(offline)
+    assert os.listdir(offline) == ["cifar-10-python.tar.gz"]
+    assert data.test_labels.tolist() == cifar_mirror["test_batch"]["labels"]
+    _forbid_downloads(monkeypatch)
+    again = datasets.load("cifar10", cache_dir=offline, download=False)
+    np.testing.assert_array_equal(again.train_images, data.train_images)
+
+
+def test_cifar10_corrupt_cache_without_download(offline, cifar_mirror):
+    datasets.load("cifar10", cache_dir=offline)
+    cached = offline / "cifar-10-python.tar.gz"
+    good = cached.read_bytes()
+    cached.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, wrong MD5
+    with pytest.raises(FileNotFoundError, match=r"corrupt and\s+deleted\)"):
+        datasets.load("cifar10", cache_dir=offline, download=False)
+    assert not cached.exists()
+
+
+@pytest.mark.parametrize("what", ["size", "md5"])
+def test_cifar10_mismatch_keeps_nothing(monkeypatch, offline, cifar_mirror, what):
+    if what == "size":
+        monkeypatch.setattr(datasets, "CIFAR10_SIZE", datasets.CIFAR10_SIZE + 1)
+    else:
+        monkeypatch.setattr(datasets, "CIFAR10_MD5", "0" * 32)
+    match = "Size mismatch" if what == "size" else "MD5 mismatch"
+    with pytest.raises(ValueError, match=match):
+        datasets.load("cifar10", cache_dir=offline)
+    assert not offline.exists() or not any(offline.iterdir())
+
+
+def test_cifar10_offline_says_what_to_do(offline):
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load("cifar10", cache_dir=offline)
+    message = str(info.value)
+    assert "Dataset 'cifar10' not found." in message
+    assert "network disabled in tests" in message
+    assert "--config.data_dir=DIR" in message
+
+
+def test_download_file_needs_a_checksum(tmp_path):
+    with pytest.raises(TypeError, match=r"needs sha256= or md5="):
+        datasets.download_file("file:///nothing", tmp_path / "x")
+
+
+def test_cifar10_pinned():
+    # The published archive, as the issue states it.
+    assert datasets.CIFAR10_URL + datasets.CIFAR10_ARCHIVE == (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    )
+    assert datasets.CIFAR10_SIZE == 170_498_071
+    assert datasets.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"

@@ -24,6 +24,9 @@ METRICS = (
 )
 # The recipe check runs in float64; a different algorithm differs by far more.
 RECIPE_TOLERANCE = 1e-9
+# A fan-in weight sum held by GC moves by float32 rounding only (about 1e-6
+# over a few hundred steps); decay and gradients move it by 1e-2 or more.
+FAN_IN_SUM_HELD = 1e-4
 
 
 def plural(n: int, word: str) -> str:
@@ -37,7 +40,14 @@ def plural(n: int, word: str) -> str:
 
 
 def gc_active_text(name: str, check: dict[str, Any], res: dict[str, Any]) -> str:
-    """One sentence on whether GC ran, saying what was measured."""
+    """One sentence on whether GC ran, saying what was measured.
+
+    Args:
+      name: the optimizer (Adam and RMSprop rescale each entry after GC).
+      check: the summary's ``gc_active`` entry.
+      res: the summary entry (its ``recipe_check``, and for the ResNet its
+        ``baseline_check`` and ``title``).
+    """
     kernels = len(check["targeted_kernels"])
     text = (
         f"GC active: {check['active']} (max |per-output fan-in mean| / RMS of "
@@ -55,22 +65,96 @@ def gc_active_text(name: str, check: dict[str, Any], res: dict[str, Any]) -> str
             if name != "sgd"
             else ""
         )
+    if "baseline_check" in res:  # the ResNet: the weight-space proof too
+        sums = check["fan_in_sum"]
+        held = (
+            "float32 rounding: the decayed gradient is centralized too, so the "
+            "sums stay"
+            if sums["gc_max"] < FAN_IN_SUM_HELD
+            else "THE SUMS MOVED"
+        )
+        text += (
+            f"; the largest change of an output unit's fan-in weight sum over "
+            f"training: {sums['gc_max']:.1e} with GC ({held}) vs at least "
+            f"{sums['baseline_min']:.1e} in every kernel and seed without"
+        )
     recipe = res["recipe_check"]
     same = recipe["max_relative_difference"] <= RECIPE_TOLERANCE
+    arm = "The GC arm" if "title" not in res else f"The {res['title']} arm"
     text += (
-        f". The GC arm {'equals' if same else 'DIFFERS FROM'} {recipe['recipe']}"
+        f". {arm} {'equals' if same else 'DIFFERS FROM'} {recipe['recipe']}"
         f" (largest relative update difference in float64 "
         f"{recipe['max_relative_difference']:.1e} over 3 steps)"
     )
+    if "same_as_sgd_gc" in recipe:
+        text += (
+            "; GC commutes with SGD's momentum (both are linear), so this arm "
+            "is SGD_GC up to float rounding (float64 difference "
+            f"{recipe['same_as_sgd_gc']:.1e}): its difference from SGD_GC "
+            "measures float32 rounding amplified by training"
+        )
+    if "baseline_check" in res:
+        base = res["baseline_check"]
+        same = base["max_relative_difference"] <= RECIPE_TOLERANCE
+        text += (
+            f"; the baseline (optax_gc.sgd with gc_mask all False) "
+            f"{'equals' if same else 'DIFFERS FROM'} {base['recipe']} "
+            f"({base['max_relative_difference']:.1e})"
+        )
     return text + "."
 
 
+def heading(name: str, s: dict[str, Any]) -> str:
+    """A comparison's heading: the optimizer and its hyperparameters.
+
+    Example:
+      >>> heading("sgd", {"hyperparameters": {"learning_rate": 0.01}})
+      'sgd (learning_rate 0.01)'
+    """
+    hp = ", ".join(f"{k} {v:g}" for k, v in s["hyperparameters"].items())
+    if "title" not in s:
+        return f"{name} ({hp})"
+    return f"{name}: {s['title']} vs baseline (optax_gc.sgd, {hp}, cosine decay)"
+
+
+def model_text(res: dict[str, Any]) -> str:
+    """What was trained, for the ResNet (the CNN's is in the README)."""
+    cfg = res["config"]
+    if cfg.get("model", "cnn") != "resnet":
+        return ""
+    arms = ", ".join(
+        f"{a} ({res['summary'][a]['title']})"
+        for a in cfg["resnet_arms"]
+        if a in res["summary"]
+    )
+    return (
+        f"ResNet-{6 * cfg['resnet_blocks'] + 2} with BatchNorm (width "
+        f"{cfg['resnet_width']}, {res['model']['params']:,} parameters, "
+        f"{res['model']['batch_stats']:,} BN statistics), every arm "
+        f"optax_gc.sgd with momentum {cfg['resnet_momentum']:g}, coupled weight "
+        f"decay {cfg['resnet_weight_decay']:g} on every parameter, learning rate "
+        f"warmed up linearly to {cfg['resnet_lr']:g} over "
+        f"{cfg['resnet_warmup_epochs']:g} epoch(s), then cosine decay to 0. "
+        f"The baseline has GC masked off; GC arms: {arms}. GC touches the conv "
+        "and Dense kernels, never BN's scale and bias, and never the BN "
+        "statistics (they are not parameters)."
+    )
+
+
 def report(res: dict[str, Any], *, markdown: bool) -> str:
-    """The per-optimizer tables, as plain text or Markdown."""
+    """The per-comparison tables, as plain text or Markdown."""
     cfg, lines = res["config"], []
     data = res["dataset"]
+    resnet = cfg.get("model", "cnn") == "resnet"
     where = "the gradient" if cfg["apply_to"] == "gradient" else "the update"
     which = "conv kernels only" if cfg["conv_only"] else "every kernel"
+    if resnet:
+        gc_text, mode = (
+            model_text(res),
+            "in train mode (BN on batch statistics)",
+        )
+    else:
+        gc_text, mode = f"GC on {where} of {which}.", "with dropout"
     since = (
         "the last epoch's batches"
         if cfg["evals_per_epoch"] == 1
@@ -88,14 +172,13 @@ def report(res: dict[str, Any], *, markdown: bool) -> str:
         f"{data['name']}: {data['n_train']} train / {data['n_test']} held-out "
         f"images {tuple(data['image_shape'])}, {plural(cfg['seeds'], 'seed')}, "
         f"{plural(cfg['epochs'], 'epoch')} of {data['steps_per_epoch']} steps (batch "
-        f"{cfg['batch_size']}). GC on {where} of {which}. Mean ± sample std "
+        f"{cfg['batch_size']}). {gc_text} Mean ± sample std "
         "over seeds; GC - baseline: mean of the paired per-seed differences "
         "[95% t interval]. Final values; train metrics are the running mean "
-        f"over {since}, with dropout; epoch time excludes compilation and "
+        f"over {since}, {mode}; epoch time excludes compilation and "
         "held-out evaluation."
     )
     for name, s in res["summary"].items():
-        hp = ", ".join(f"{k} {v:g}" for k, v in s["hyperparameters"].items())
         head = ("metric", "GC", "baseline", "GC - baseline [95% CI]")
         rows = [
             (
@@ -115,21 +198,22 @@ def report(res: dict[str, Any], *, markdown: bool) -> str:
             f"Verdict: test accuracy: {v['test_acc']}; test loss: {v['test_loss']}; "
             f"train loss: {v['train_loss']}."
         )
-        check = gc_active_text(name, s["gc_active"], s)
+        check = gc_active_text(s.get("optimizer", name), s["gc_active"], s)
         if markdown:
-            lines += ["", f"### {name} ({hp})", ""]
+            lines += ["", f"### {heading(name, s)}", ""]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "---|" * len(head))
             lines += ["| " + " | ".join(r) + " |" for r in rows]
             lines += ["", verdict_line, "", check]
         else:
-            lines += ["", f"== {name} ({hp}) =="]
+            lines += ["", f"== {heading(name, s)} =="]
             lines += stats.text_table([head, *rows])
             lines += [verdict_line, check]
     lines.append("")
     lines.append(
         "The intervals are per comparison, not corrected for the "
-        f"{plural(len(res['summary']), 'optimizer')} x {len(METRICS)} metrics "
+        f"{plural(len(res['summary']), 'comparison' if resnet else 'optimizer')}"
+        f" x {len(METRICS)} metrics "
         "shown; "
         f"{plural(cfg['seeds'], 'seed')} can only detect differences larger than "
         "the seed-to-seed spread."
@@ -138,7 +222,7 @@ def report(res: dict[str, Any], *, markdown: bool) -> str:
 
 
 def plot_curves(res: dict[str, Any], path: Path) -> None:
-    """Train loss and test accuracy per epoch, mean ± std band, per optimizer."""
+    """Train loss and test accuracy per epoch, mean ± std band, per comparison."""
     # The object API with the Agg canvas: no pyplot, no global backend state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -153,11 +237,13 @@ def plot_curves(res: dict[str, Any], path: Path) -> None:
             (("train_loss", "train loss"), ("test_acc", "test accuracy"))
         ):
             ax = axes[row][col]
-            for arm, color in (("gc", "C0"), ("baseline", "C1")):
+            s = res["summary"][name]
+            gc_arm, optimizer = s.get("arm", "gc"), s.get("optimizer", name)
+            for arm, color in ((gc_arm, "C0"), ("baseline", "C1")):
                 mine = [
                     r["evals"]
                     for r in res["runs"]
-                    if r["optimizer"] == name and r["arm"] == arm
+                    if r["optimizer"] == optimizer and r["arm"] == arm
                 ]
                 curves = np.array([[e[key] for e in evals] for evals in mine])
                 x = np.array([e["epoch"] for e in mine[0]])
@@ -170,8 +256,9 @@ def plot_curves(res: dict[str, Any], path: Path) -> None:
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             if row == 0:
-                lr = res["summary"][name]["hyperparameters"]["learning_rate"]
-                ax.set_title(f"{name} (lr {lr:g})")
+                lr = s["hyperparameters"]["learning_rate"]
+                title = s.get("title", name)
+                ax.set_title(f"{title} ({'peak ' if 'title' in s else ''}lr {lr:g})")
                 ax.legend()
     fig.suptitle(
         f"{res['dataset']['name']}: GC vs baseline, mean ± std over "
