@@ -46,6 +46,7 @@ the cache came from a download and are hashed on every load.
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import hashlib
 import http.client
@@ -58,7 +59,7 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -454,11 +455,56 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def sha256_of(path: str | os.PathLike) -> str:
     """The SHA-256 of a file, as hex."""
-    digest = hashlib.sha256()
+    return _digest_of(path, "sha256")
+
+
+def _digest_of(path: str | os.PathLike, algorithm: str) -> str:
+    """A file's digest by the ``hashlib`` algorithm named, as hex."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _checked_in_cache(
+    path: Path,
+    url: str,
+    *,
+    size: int,
+    download: bool,
+    not_found: Callable[[str], str],
+    sha256: str | None = None,
+    md5: str | None = None,
+) -> Path:
+    """``path`` if its size and checksum match, else downloaded there, checked.
+
+    A cached file of another size or checksum is deleted, never read.
+
+    Raises:
+        FileNotFoundError: ``not_found(reason)``, if the file is not (or no
+            longer) there and downloading is off or fails.
+        ValueError: from :func:`download_file`, if the download does not match.
+    """
+    if path.is_file():
+        if path.stat().st_size == size and all(
+            want is None or _digest_of(path, name) == want
+            for name, want in (("sha256", sha256), ("md5", md5))
+        ):
+            return path
+        path.unlink()  # truncated or foreign: never read it
+    if not download:
+        raise FileNotFoundError(
+            not_found(
+                f"{path.name} is not in the cache (or was corrupt and deleted), "
+                "and downloading is turned off"
+            )
+        )
+    try:
+        download_file(url, path, sha256=sha256, md5=md5, size=size)
+    except (OSError, http.client.HTTPException) as e:
+        raise FileNotFoundError(not_found(f"downloading {url} failed: {e}")) from e
+    return path
 
 
 def download_file(
@@ -663,26 +709,14 @@ def find_horses_or_humans(
         else default_cache_dir("horses_or_humans")
     )
     for filename, (size, sha256) in HORSES_OR_HUMANS_ZIPS.items():
-        path = cache / filename
-        if path.is_file():
-            if path.stat().st_size == size and sha256_of(path) == sha256:
-                continue
-            path.unlink()  # truncated or foreign: never read it
-        if not download:
-            raise FileNotFoundError(
-                _zips_not_found(
-                    cache,
-                    f"{filename} is not in the cache (or was "
-                    "corrupt and deleted), and downloading is turned off",
-                )
-            )
-        url = HORSES_OR_HUMANS_URL + filename
-        try:
-            download_file(url, path, sha256=sha256, size=size)
-        except (OSError, http.client.HTTPException) as e:
-            raise FileNotFoundError(
-                _zips_not_found(cache, f"downloading {url} failed: {e}")
-            ) from e
+        _checked_in_cache(
+            cache / filename,
+            HORSES_OR_HUMANS_URL + filename,
+            size=size,
+            sha256=sha256,
+            download=download,
+            not_found=functools.partial(_zips_not_found, cache),
+        )
     return cache / names[0], cache / names[1]
 
 
@@ -896,27 +930,14 @@ def find_cifar10(
             )
         return path
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(CIFAR10)
-    path = cache / CIFAR10_ARCHIVE
-    if path.is_file():
-        if path.stat().st_size == CIFAR10_SIZE and _md5_of(path) == CIFAR10_MD5:
-            return path
-        path.unlink()  # truncated or foreign: never read it
-    if not download:
-        raise FileNotFoundError(
-            _cifar10_not_found(
-                cache,
-                f"{CIFAR10_ARCHIVE} is not in the cache (or was corrupt and "
-                "deleted), and downloading is turned off",
-            )
-        )
-    url = CIFAR10_URL + CIFAR10_ARCHIVE
-    try:
-        download_file(url, path, md5=CIFAR10_MD5, size=CIFAR10_SIZE)
-    except (OSError, http.client.HTTPException) as e:
-        raise FileNotFoundError(
-            _cifar10_not_found(cache, f"downloading {url} failed: {e}")
-        ) from e
-    return path
+    return _checked_in_cache(
+        cache / CIFAR10_ARCHIVE,
+        CIFAR10_URL + CIFAR10_ARCHIVE,
+        size=CIFAR10_SIZE,
+        md5=CIFAR10_MD5,
+        download=download,
+        not_found=functools.partial(_cifar10_not_found, cache),
+    )
 
 
 def read_cifar10(
@@ -999,15 +1020,6 @@ def _cifar10_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{where}: labels out of range 0..9.")
     return data, labels.astype(np.int32)
-
-
-def _md5_of(path: Path) -> str:
-    """The MD5 of a file, as hex (CIFAR-10's page publishes only that)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cifar10_not_found(cache: Path, reason: str) -> str:
