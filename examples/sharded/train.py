@@ -569,7 +569,8 @@ def train(
             pending.append(loss)
             step += 1
             end_of_epoch = step % steps_per_epoch == 0
-            if end_of_epoch or (ckpt is not None and ckpt.due(step, last=last)):
+            save = ckpt is not None and ckpt.due(step, last=last)
+            if end_of_epoch or save:
                 losses += [float(v) for v in pending]
                 pending = []
             if end_of_epoch:
@@ -584,7 +585,7 @@ def train(
                 )
                 if keep_epoch_params:
                     epoch_params.append(to_host(params))
-            if ckpt is not None and ckpt.due(step, last=last):
+            if save:
                 state = {"params": params, "opt_state": opt_state, "rest": rest}
                 ckpt.save(
                     step,
