@@ -146,7 +146,10 @@ class Checkpoints:
         replicated: jax.sharding.Sharding | None,
     ) -> None:
         if every < 1:
-            raise ValueError(f"checkpoint_every is {every}; it must be >= 1.")
+            raise ValueError(
+                f"checkpoint_every is {every}; it must be >= 1 (0 in the config: "
+                "no checkpoints)."
+            )
         if keep < 1:
             raise ValueError(f"checkpoint_keep is {keep}; it must be >= 1.")
         self.directory = os.path.abspath(directory)

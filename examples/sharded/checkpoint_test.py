@@ -119,3 +119,14 @@ def test_recipe_state_restores_into_other_shardings(name: str, tmp_path: Path) -
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             reader.close()
         ckpt.close()
+
+
+@pytest.mark.parametrize(
+    ("every", "keep", "says"),
+    [(-1, 3, "checkpoint_every is -1"), (2, 0, "checkpoint_keep is 0")],
+)
+def test_bad_counts_are_errors(
+    tmp_path: Path, every: int, keep: int, says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        checkpoint.Checkpoints(tmp_path, every=every, keep=keep, replicated=None)

@@ -522,7 +522,8 @@ def train(
     meta: dict[str, Any] = {}
     skipped: list[list[Any]] = []
     ckpt = None
-    if checkpoint_dir is not None and config.checkpoint_every > 0:
+    # 0: no checkpoints; a negative count is refused by Checkpoints.
+    if checkpoint_dir is not None and config.checkpoint_every != 0:
         ckpt = checkpoint.Checkpoints(
             checkpoint_dir,
             every=config.checkpoint_every,
